@@ -1,0 +1,285 @@
+"""Nested dataclass config + YAML + dotted `key=value` overrides.
+
+One schema serves both stages (`sora train-vae` uses run/data/vae/optim/train, `sora train` uses all).
+Everything is validated before any work starts; errors name the offending key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, malformed or impossible."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/demo"
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 200
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/shapes"          # directory holding train-*.tar / heldout-*.tar
+    split: str = "train"
+    tokens_per_batch: int = 2048       # token budget of one packed micro-batch (per data-parallel rank)
+    max_tokens_per_sample: int = 1024  # larger samples are resized down, aspect kept
+    max_frames: int = 17
+    num_workers: int = 0
+    shuffle_buffer: int = 256
+    caption_dropout: float = 0.1       # replaced by the empty caption, for classifier-free guidance
+
+
+@dataclass
+class VAEConfig:
+    run: str = "runs/demo-vae"         # where stage 1 wrote its weights (used by stage 2 and sampling)
+    channels: int = 32                 # base width of the conv stack
+    latent_channels: int = 4
+    ft: int = 2                        # temporal compression (T = 1 + ft*k)
+    fh: int = 4                        # spatial compression (fh = fw)
+    kl_weight: float = 1e-6
+    scale: float = 0.0                 # latent scaling; 0 = estimate from data after stage 1
+
+
+@dataclass
+class TextConfig:
+    encoder: str = "hash"              # "hash": word-hash embeddings + small transformer trained with the DiT; "t5": frozen local T5
+    path: str = ""                     # local directory of a T5 encoder when encoder == "t5"
+    dim: int = 128
+    layers: int = 2
+    heads: int = 4
+    vocab: int = 4096
+    max_tokens: int = 32
+
+
+@dataclass
+class ModelConfig:
+    size: str = "DiT-T"                # registry name; explicit fields below override it when > 0
+    depth: int = 0
+    width: int = 0
+    heads: int = 0
+    patch: tuple = (1, 2, 2)           # (pt, ph, pw)
+    mlp_ratio: float = 4.0
+    rope_theta: float = 10000.0
+    qk_norm: bool = True
+    checkpointing: bool = False
+    backend: str = "auto"              # kernel backend: torch | triton | cuda | cpp | flash_attn | auto
+
+
+@dataclass
+class DiffusionConfig:
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift_base: float = 1.0            # timestep shift at base_tokens tokens
+    shift_max: float = 3.0             # timestep shift at max_tokens tokens
+    base_tokens: int = 64
+    max_tokens: int = 1024
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.99)
+    warmup: int = 50
+    grad_clip: float = 1.0
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    ema: float = 0.999
+    precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    zero_stage: int = 3
+
+
+@dataclass
+class ParallelConfig:
+    sp: int = 1                        # sequence-parallel degree (Ulysses)
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 30
+    cfg: float = 4.0
+    sampler: str = "heun"              # euler | heun
+    sizes: list = field(default_factory=lambda: [[9, 48, 48], [9, 48, 64]])  # [frames, height, width]
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# ---------------------------------------------------------------- merging
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert a YAML/override value to the field's declared type, naming the key on failure."""
+    origin = typing.get_origin(typ) or typ
+    try:
+        if typ is bool or origin is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("true", "1", "yes", "on"):
+                    return True
+                if low in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, (bool, int)):
+                return bool(value)
+            raise ValueError(value)
+        if origin is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if origin is float:
+            return float(value)
+        if origin is str:
+            return str(value)
+        if origin in (tuple, list):
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
+            return origin(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key '{key}': cannot read {value!r} as {getattr(origin, '__name__', origin)}") from None
+    return value
+
+
+def _merge(obj: Any, data: dict, prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(f"unknown config key '{key}' (known here: {', '.join(sorted(names))})")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{key}' is a section; give it a mapping, not {value!r}")
+            _merge(current, value, key + ".")
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def _parse_override(text: str) -> dict:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    nested: dict = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    """YAML file (optional) then overrides, then validation."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+        _merge(cfg, data, "")
+    for text in overrides:
+        _merge(cfg, _parse_override(text), "")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    def plain(v):
+        if isinstance(v, tuple):
+            return list(v)
+        return v
+    return {k: ({kk: plain(vv) for kk, vv in v.items()} if isinstance(v, dict) else plain(v))
+            for k, v in dataclasses.asdict(cfg).items()}
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ---------------------------------------------------------------- validation
+
+def _require(cond: bool, key: str, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {why}")
+
+
+def validate(cfg: Config) -> None:
+    from sora.models.dit import DIT_SIZES  # registry lives with the model
+
+    v, m, d, s = cfg.vae, cfg.model, cfg.data, cfg.sample
+    _require(v.ft >= 1, "vae.ft", f"temporal factor must be >= 1, got {v.ft}")
+    _require(v.fh >= 1 and (v.fh & (v.fh - 1)) == 0, "vae.fh", f"spatial factor must be a power of two, got {v.fh}")
+    _require(v.ft == 1 or (v.ft & (v.ft - 1)) == 0, "vae.ft", f"temporal factor must be a power of two, got {v.ft}")
+    _require(v.latent_channels >= 1, "vae.latent_channels", "must be >= 1")
+    _require(len(m.patch) == 3 and all(int(p) >= 1 for p in m.patch), "model.patch", f"needs three positive ints, got {m.patch}")
+    m.patch = tuple(int(p) for p in m.patch)
+    _require(m.size in DIT_SIZES, "model.size", f"unknown size '{m.size}'; known: {', '.join(DIT_SIZES)}")
+    depth, width, heads = resolved_dims(m)
+    _require(width % heads == 0, "model.heads", f"{heads} heads do not divide width {width}")
+    head_dim = width // heads
+    _require(head_dim % 2 == 0 and head_dim >= 6, "model.heads", f"head dim {head_dim} must be even and >= 6 for 3-D RoPE")
+    _require(m.backend in ("auto", "torch", "triton", "cuda", "cpp", "flash_attn"), "model.backend", f"unknown backend '{m.backend}'")
+    _require((d.max_frames - 1) % v.ft == 0, "data.max_frames",
+             f"frames must be 1 + ft*k with ft={v.ft}, got {d.max_frames}")
+    _require(d.tokens_per_batch >= d.max_tokens_per_sample, "data.tokens_per_batch",
+             f"budget {d.tokens_per_batch} is smaller than data.max_tokens_per_sample {d.max_tokens_per_sample}")
+    _require(0.0 <= d.caption_dropout < 1.0, "data.caption_dropout", f"must be in [0, 1), got {d.caption_dropout}")
+    pt, ph, pw = m.patch
+    for i, size in enumerate(s.sizes):
+        key = f"sample.sizes[{i}]"
+        _require(len(size) == 3, key, f"needs [frames, height, width], got {size}")
+        f, h, w = (int(x) for x in size)
+        _require((f - 1) % v.ft == 0, key, f"frames must be 1 + ft*k with ft={v.ft}, got {f}")
+        _require(h % (v.fh * ph) == 0 and w % (v.fh * pw) == 0, key,
+                 f"height and width must be multiples of vae.fh*patch = {v.fh * ph}, got {h}x{w}")
+        _require(((f - 1) // v.ft + 1) % pt == 0 or f == 1, key, f"latent frames not divisible by temporal patch {pt}")
+    _require(cfg.parallel.sp >= 1, "parallel.sp", f"must be >= 1, got {cfg.parallel.sp}")
+    _require(heads % cfg.parallel.sp == 0, "parallel.sp", f"{heads} heads are not divisible by sp={cfg.parallel.sp}")
+    _require(cfg.train.precision in ("auto", "fp32", "bf16"), "train.precision", f"unknown precision '{cfg.train.precision}'")
+    _require(cfg.train.zero_stage in (0, 1, 2, 3), "train.zero_stage", f"must be 0..3, got {cfg.train.zero_stage}")
+    _require(0.0 <= cfg.train.ema < 1.0, "train.ema", f"must be in [0, 1), got {cfg.train.ema}")
+    _require(cfg.train.steps >= 1, "train.steps", "must be >= 1")
+    _require(s.sampler in ("euler", "heun"), "sample.sampler", f"unknown sampler '{s.sampler}'")
+    _require(cfg.text.encoder in ("hash", "t5"), "text.encoder", f"unknown encoder '{cfg.text.encoder}'")
+    _require(cfg.text.encoder != "t5" or bool(cfg.text.path), "text.path", "a local T5 directory is needed when text.encoder=t5")
+    _require(cfg.text.dim % cfg.text.heads == 0, "text.heads", f"{cfg.text.heads} heads do not divide text.dim {cfg.text.dim}")
+    _require(cfg.optim.lr > 0, "optim.lr", "must be > 0")
+
+
+def resolved_dims(m: ModelConfig) -> tuple[int, int, int]:
+    """(depth, width, heads) from the size registry, each overridable."""
+    from sora.models.dit import DIT_SIZES
+
+    base = DIT_SIZES[m.size]
+    return (m.depth or base["depth"], m.width or base["width"], m.heads or base["heads"])

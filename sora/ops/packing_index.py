@@ -1,0 +1,41 @@
+"""Per-token sample index and (t, h, w) position, derived from cu_seqlens + grid.
+
+Fused kernels derive these in registers; the reference materialises them.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def check_packing(cu_seqlens: torch.Tensor, grid: torch.Tensor, total: int | None = None) -> None:
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D with B+1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
+    if grid.shape != (cu_seqlens.numel() - 1, 3):
+        raise ValueError(f"grid must be [B, 3] = [{cu_seqlens.numel() - 1}, 3], got {tuple(grid.shape)}")
+    lens = cu_seqlens[1:] - cu_seqlens[:-1]
+    if int(cu_seqlens[0]) != 0 or bool((lens < 0).any()):
+        raise ValueError("cu_seqlens must start at 0 and be non-decreasing")
+    if not torch.equal(lens.long(), grid.long().prod(dim=1)):
+        raise ValueError(f"cu_seqlens lengths {lens.tolist()} do not match grid products {grid.long().prod(1).tolist()}")
+    if total is not None and int(cu_seqlens[-1]) != total:
+        raise ValueError(f"cu_seqlens ends at {int(cu_seqlens[-1])} but there are {total} tokens")
+
+
+def sample_index(cu_seqlens: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """[N] int64: which sample each token belongs to."""
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    return torch.repeat_interleave(torch.arange(lens.numel(), device=cu_seqlens.device), lens,
+                                   output_size=total)
+
+
+def token_positions(cu_seqlens: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """[N, 3] int64 (t, h, w) of each token inside its own sample (row-major t, h, w order)."""
+    total = int(cu_seqlens[-1])
+    sid = sample_index(cu_seqlens, total)                                  # [N]
+    local = torch.arange(total, device=cu_seqlens.device) - cu_seqlens.long()[sid]
+    g = grid.long()[sid]                                                   # [N, 3]
+    hw = g[:, 1] * g[:, 2]
+    t = local // hw
+    h = (local % hw) // g[:, 2]
+    w = local % g[:, 2]
+    return torch.stack([t, h, w], dim=1)
