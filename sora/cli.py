@@ -1,0 +1,103 @@
+"""`sora` command line: synth, train-vae, train, sample, evaluate."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sora.config import ConfigError, load_config
+
+
+def _cmd_synth(a):
+    from sora.data.synth import synthesize
+
+    manifest = synthesize(a.out, clips=a.clips, seed=a.seed, heldout_clips=a.heldout)
+    print(f"wrote {len(manifest['train'])} train and {len(manifest['heldout'])} held-out shards to {a.out}")
+
+
+def _cmd_train_vae(a):
+    from sora.train.vae_trainer import train_vae
+
+    cfg = load_config(a.config, a.overrides)
+    print(f"VAE run directory: {train_vae(cfg)}")
+
+
+def _cmd_train(a):
+    from sora.train.trainer import train_dit
+
+    cfg = load_config(a.config, a.overrides)
+    run = train_dit(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"DiT run directory: {run}")
+
+
+def _cmd_sample(a):
+    from sora.data.video_io import write_video
+    from sora.inference import Generator
+
+    gen = Generator.from_run(a.run, ema=not a.no_ema)
+    video = gen.generate([a.prompt], a.frames, a.height, a.width, a.steps, a.cfg, a.seed)[0]
+    write_video(a.out, video, fps=a.fps)
+    print(f"wrote {a.out} ({video.shape[0]} frames, {video.shape[1]}x{video.shape[2]})")
+
+
+def _cmd_evaluate(a):
+    from sora.eval.evaluate import evaluate_run
+
+    report = evaluate_run(a.run, a.data, seeds=a.seeds)
+    print(json.dumps(report["summary"], indent=2))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="sora", description="Sora-style video diffusion training")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("synth", help="write the moving-shapes dataset as WebDataset shards")
+    s.add_argument("--out", required=True)
+    s.add_argument("--clips", type=int, default=512)
+    s.add_argument("--heldout", type=int, default=32)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_cmd_synth)
+
+    for name, fn, what in (("train-vae", _cmd_train_vae, "stage 1: the causal VAE"),
+                           ("train", _cmd_train, "stage 2: the DiT (DeepSpeed)")):
+        t = sub.add_parser(name, help=what)
+        t.add_argument("config")
+        t.add_argument("overrides", nargs="*", help="dotted key=value pairs")
+        t.set_defaults(fn=fn)
+
+    s = sub.add_parser("sample", help="generate one video from a prompt")
+    s.add_argument("--run", required=True)
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--frames", type=int, required=True)
+    s.add_argument("--height", type=int, required=True)
+    s.add_argument("--width", type=int, required=True)
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--cfg", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--fps", type=float, default=8)
+    s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=_cmd_sample)
+
+    s = sub.add_parser("evaluate", help="sample held-out prompts at the configured sizes and score adherence")
+    s.add_argument("--run", required=True)
+    s.add_argument("--data", default=None, help="dataset directory (default: the run's data.path)")
+    s.add_argument("--seeds", type=int, default=1)
+    s.set_defaults(fn=_cmd_evaluate)
+
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        a.fn(a)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"sora {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

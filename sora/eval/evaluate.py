@@ -1,0 +1,33 @@
+"""Sample the held-out prompts at every configured size, write mp4 + gif, score adherence."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sora.data.video_io import write_video
+from sora.eval.adherence import score_clip, summarise
+from sora.inference import Generator
+
+
+def evaluate_run(run_dir: str, data_dir: str | None = None, seeds: int = 1) -> dict:
+    gen = Generator.from_run(run_dir)
+    data = Path(data_dir or gen.cfg.data.path)
+    prompts = json.loads((data / "manifest.json").read_text())["heldout_prompts"]
+    out_dir = Path(run_dir) / "samples"
+    rows = []
+    for frames, height, width in gen.cfg.sample.sizes:
+        for seed in range(seeds):
+            videos = gen.generate(prompts, frames, height, width, seed=seed)
+            for i, (prompt, video) in enumerate(zip(prompts, videos)):
+                stem = out_dir / f"{frames}x{height}x{width}" / f"{i:02d}-{prompt.replace(' ', '_')}-s{seed}"
+                write_video(stem.with_suffix(".mp4"), video, fps=8)
+                write_video(stem.with_suffix(".gif"), video, fps=8)
+                score = score_clip(video, prompt)
+                rows.append({"prompt": prompt, "size": [frames, height, width], "seed": seed,
+                             "file": str(stem.with_suffix(".mp4")), **score})
+    report = {"summary": summarise(rows), "by_size": {}, "clips": rows}
+    for size in gen.cfg.sample.sizes:
+        report["by_size"]["x".join(map(str, size))] = summarise([r for r in rows if r["size"] == list(size)])
+    report["summary"]["samples_dir"] = str(out_dir)
+    (out_dir / "adherence.json").write_text(json.dumps(report, indent=2, default=str))
+    return report

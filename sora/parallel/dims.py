@@ -1,0 +1,53 @@
+"""The one object that owns the parallel dimensions (world = dp x sp)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    world: int
+    rank: int
+    sp: int = 1
+
+    def __post_init__(self):
+        if self.world % self.sp:
+            raise ValueError(f"world size {self.world} is not divisible by parallel.sp={self.sp}")
+
+    @property
+    def dp(self) -> int:
+        return self.world // self.sp
+
+    @property
+    def dp_rank(self) -> int:
+        # Ranks of one sequence-parallel group are consecutive and share a data-parallel rank.
+        return self.rank // self.sp
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(sp: int = 1) -> ParallelDims:
+    """Start torch.distributed (gloo on CPU, NCCL on GPU) through DeepSpeed; works for one process
+    without a launcher too (a single-rank group on a free local port)."""
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # plain `sora train`: a world of one
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   verbose=False)
+    return ParallelDims(world=dist.get_world_size(), rank=dist.get_rank(), sp=sp)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
