@@ -22,7 +22,8 @@ def _meta(text, **extra):
 
 
 def _good(key, colour="red", seed=0):
-    return [(f"{key}.json", _meta(caption(colour, "square", "right"))), (f"{key}.mp4", encode_mp4(_clip(colour, seed=seed), 8))]
+    return [(f"{key}.json", _meta(caption(colour, "square", "right"))),
+            (f"{key}.mp4", encode_mp4(_clip(colour, seed=seed), 8))]
 
 
 def _write_tar(path, members):
@@ -51,7 +52,8 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, monkeypatch, caplog):
     marker = tmp_path / "unpickled"
     members = (
         _good("s00", "red")
-        + [("s01.json", _meta(caption("blue", "circle", "up"))), ("s01.mp4", b"\x00\x00\x00\x18ftypisom" + b"junk" * 50)]
+        + [("s01.json", _meta(caption("blue", "circle", "up"))),
+           ("s01.mp4", b"\x00\x00\x00\x18ftypisom" + b"junk" * 50)]
         + [("s02.json", json.dumps({"fps": 8}).encode()), ("s02.mp4", encode_mp4(_clip("green"), 8))]
         + [("s03.json", _meta("   ")), ("s03.mp4", encode_mp4(_clip("green"), 8))]
         + [("s04.json", _meta("a pickle")), ("s04.pyd", pickle.dumps(_Evil(marker))),

@@ -1,5 +1,4 @@
 """The moving-shapes world, video/image encode/decode, and dataset synthesis."""
-import io
 import json
 import tarfile
 from collections import Counter

@@ -1,0 +1,105 @@
+"""Shards -> prepared samples -> (latent) tokens -> token-budget packs, split by data-parallel rank.
+
+All ranks of one sequence-parallel group use the same dp_rank, so they see identical packs.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from sora.data.packing import PackedBatch, PackItem, pack, take_best_fit
+from sora.data.pipeline import target_shape, to_model_video
+from sora.data.shards import SkipStats, iter_shard_samples
+from sora.ops.patchify import patchify
+
+log = logging.getLogger("sora.data")
+
+
+def shards_for_rank(paths: list[str], dp_rank: int, dp_size: int) -> list[str]:
+    if len(paths) < dp_size:
+        # Fewer shards than ranks: every rank reads all and keeps its own slice of samples.
+        return list(paths)
+    return paths[dp_rank::dp_size]
+
+
+class VideoStream:
+    """Infinite stream of (key, video [3, T, H, W] in [-1, 1], caption), reshuffled every epoch."""
+
+    def __init__(self, paths: list[str], data_cfg, ft: int, fh: int, patch, dp_rank: int = 0, dp_size: int = 1,
+                 seed: int = 0, stats: SkipStats | None = None, epochs: int | None = None):
+        self.all_paths = sorted(paths)
+        self.paths = shards_for_rank(self.all_paths, dp_rank, dp_size)
+        self.slice_samples = len(self.all_paths) < dp_size
+        self.cfg, self.ft, self.fh, self.patch = data_cfg, ft, fh, tuple(patch)
+        self.dp_rank, self.dp_size, self.seed, self.epochs = dp_rank, dp_size, seed, epochs
+        self.stats = stats if stats is not None else SkipStats()
+
+    def _epoch(self, epoch: int) -> Iterator[tuple[str, torch.Tensor, str]]:
+        rng = np.random.default_rng([self.seed, self.dp_rank, epoch])
+        order = [self.paths[i] for i in rng.permutation(len(self.paths))]
+        buffer = []
+        for i, s in enumerate(iter_shard_samples(order, self.stats, max_frames=self.cfg.max_frames)):
+            if self.slice_samples and i % self.dp_size != self.dp_rank:
+                continue
+            shape = target_shape(s.frames.shape[0], s.frames.shape[1], s.frames.shape[2], self.ft, self.fh,
+                                 self.patch, self.cfg.max_frames, self.cfg.max_tokens_per_sample)
+            if shape is None:
+                self.stats.skip("too_small", s.key, f"{s.frames.shape} makes no token")
+                continue
+            buffer.append((s.key, to_model_video(s.frames, shape), s.caption))
+            if len(buffer) >= self.cfg.shuffle_buffer:
+                yield buffer.pop(int(rng.integers(len(buffer))))
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self):
+        for epoch in (range(self.epochs) if self.epochs is not None else itertools.count()):
+            produced = False
+            for item in self._epoch(epoch):
+                produced = True
+                yield item
+            if not produced:
+                raise RuntimeError(f"no usable sample in shards {self.paths} (skips: {self.stats.as_dict()})")
+
+
+class PackedLoader:
+    """Encodes each clip once (latents are cached: the pipeline is deterministic per sample) and
+    packs clips into micro-batches of at most `tokens_per_batch` tokens."""
+
+    def __init__(self, videos: VideoStream, encode: Callable[[torch.Tensor], torch.Tensor], patch,
+                 tokens_per_batch: int, caption_dropout: float = 0.0, seed: int = 0, lookahead: int = 32):
+        self.videos, self.encode, self.patch = videos, encode, tuple(patch)
+        self.budget, self.dropout, self.lookahead = tokens_per_batch, caption_dropout, lookahead
+        self.rng = np.random.default_rng([seed, videos.dp_rank, 7])
+        self.cache: dict[str, tuple[torch.Tensor, tuple]] = {}
+
+    def _item(self, key, video, caption) -> PackItem:
+        if key not in self.cache:
+            latent = self.encode(video)                                  # [C, T', H', W']
+            grid = tuple(s // p for s, p in zip(latent.shape[1:], self.patch))
+            self.cache[key] = (patchify(latent, self.patch), grid)
+        tokens, grid = self.cache[key]
+        if self.dropout and self.rng.random() < self.dropout:
+            caption = ""
+        return PackItem(tokens, grid, caption, key)
+
+    def __iter__(self) -> Iterator[PackedBatch]:
+        buffer: list[PackItem] = []
+        stream = iter(self.videos)
+        exhausted = False
+        while True:
+            while not exhausted and len(buffer) < self.lookahead:
+                try:
+                    buffer.append(self._item(*next(stream)))
+                except StopIteration:  # finite epochs: drain what is left
+                    exhausted = True
+            if not buffer:
+                return
+            picked = take_best_fit(buffer, self.budget)
+            if not picked:
+                raise RuntimeError(f"no sample fits the token budget {self.budget}")
+            yield pack(picked, self.budget)

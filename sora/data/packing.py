@@ -1,0 +1,81 @@
+"""The packed batch and token-budget packing (NaViT-style, no padding between samples)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class PackedBatch:
+    x: torch.Tensor              # [N, P] clean latent patches of all samples, concatenated
+    cu_seqlens: torch.Tensor     # [B+1] int32 prefix sums of token counts
+    max_seqlen: int
+    grid: torch.Tensor           # [B, 3] int32 token grid (T', H', W') per sample
+    captions: list[str]
+    keys: list[str] = field(default_factory=list)
+    budget: int = 0              # token budget this pack was filled against
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        return self.cu_seqlens.numel() - 1
+
+    @property
+    def efficiency(self) -> float:
+        return self.num_tokens / self.budget if self.budget else 1.0
+
+    def to(self, device, dtype=None) -> "PackedBatch":
+        return PackedBatch(self.x.to(device, dtype or self.x.dtype), self.cu_seqlens.to(device), self.max_seqlen,
+                           self.grid.to(device), self.captions, self.keys, self.budget)
+
+
+@dataclass
+class PackItem:
+    tokens: torch.Tensor         # [n, P]
+    grid: tuple[int, int, int]
+    caption: str
+    key: str
+
+
+def pack(items: list[PackItem], budget: int = 0) -> PackedBatch:
+    if not items:
+        raise ValueError("cannot pack an empty list of samples")
+    lens = torch.tensor([it.tokens.shape[0] for it in items], dtype=torch.int32)
+    cu = torch.zeros(len(items) + 1, dtype=torch.int32)
+    cu[1:] = lens.cumsum(0)
+    return PackedBatch(x=torch.cat([it.tokens for it in items]), cu_seqlens=cu, max_seqlen=int(lens.max()),
+                       grid=torch.tensor([it.grid for it in items], dtype=torch.int32),
+                       captions=[it.caption for it in items], keys=[it.key for it in items],
+                       budget=budget or int(cu[-1]))
+
+
+def concat_packs(packs: list[PackedBatch]) -> PackedBatch:
+    """Several packs as one (e.g. what a single rank would see for all data-parallel ranks)."""
+    items = []
+    for p in packs:
+        for b in range(p.num_samples):
+            s, e = int(p.cu_seqlens[b]), int(p.cu_seqlens[b + 1])
+            items.append(PackItem(p.x[s:e], tuple(p.grid[b].tolist()), p.captions[b], p.keys[b] if p.keys else ""))
+    return pack(items, budget=sum(p.budget for p in packs))
+
+
+def take_best_fit(buffer: list[PackItem], budget: int) -> list[PackItem]:
+    """Remove and return items that fill `budget` as fully as a greedy first-fit-decreasing can.
+    Items keep arriving, so the leftovers fill later packs; nothing is dropped or padded."""
+    order = sorted(range(len(buffer)), key=lambda i: -buffer[i].tokens.shape[0])
+    chosen, room = [], budget
+    for i in order:
+        n = buffer[i].tokens.shape[0]
+        if n <= room:
+            chosen.append(i)
+            room -= n
+            if room == 0:
+                break
+    picked = [buffer[i] for i in sorted(chosen)]
+    for i in sorted(chosen, reverse=True):
+        buffer.pop(i)
+    return picked
