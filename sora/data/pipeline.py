@@ -40,7 +40,7 @@ def target_shape(frames, height, width, ft, fh, patch, max_frames, max_tokens):
 def to_model_video(frames: np.ndarray, shape) -> torch.Tensor:
     """frames uint8 [T, H, W, 3] -> float [3, T', H', W'] in [-1, 1] at `shape` (resize then centre crop)."""
     t, h, w = shape
-    x = torch.from_numpy(np.ascontiguousarray(frames[:t])).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # [3, T, H, W]
+    x = torch.from_numpy(np.array(frames[:t])).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # [3, T, H, W]
     _, _, H, W = x.shape
     s = max(h / H, w / W)
     if s < 1.0:  # downscale with area averaging, aspect kept, then crop the excess

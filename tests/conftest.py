@@ -1,0 +1,19 @@
+import os
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)  # two shared cores: keep every test single-threaded
+    yield
+
+
+def pytest_configure(config):
+    for name, what in (("slow", "takes more than a few seconds"), ("distributed", "starts several ranks"),
+                       ("gpu", "needs a CUDA device")):
+        config.addinivalue_line("markers", f"{name}: {what}")

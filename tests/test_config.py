@@ -1,0 +1,44 @@
+import pytest
+
+from sora.config import ConfigError, load_config, save_config, to_dict
+
+
+def test_demo_configs_load(tmp_path):
+    for name in ("configs/demo.yaml", "configs/demo-vae.yaml"):
+        cfg = load_config(name, ["run.dir=" + str(tmp_path / "r")])
+        assert cfg.run.dir == str(tmp_path / "r")
+        save_config(cfg, tmp_path / "c.yaml")
+        assert to_dict(load_config(str(tmp_path / "c.yaml"))) == to_dict(cfg)
+
+
+@pytest.mark.parametrize("name", ["configs/dit-xl-256p.yaml", "configs/dit-1b-480p.yaml", "configs/dit-3b-720p.yaml"])
+def test_real_size_configs_load(name):
+    load_config(name)
+
+
+def test_overrides_typed():
+    cfg = load_config("configs/demo.yaml", ["train.steps=7", "model.qk_norm=false", "model.patch=[1,2,2]", "optim.lr=3e-4"])
+    assert cfg.train.steps == 7 and cfg.model.qk_norm is False and cfg.model.patch == (1, 2, 2)
+    assert cfg.optim.lr == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.stepz=3", "train.stepz"),
+    ("nosection.x=1", "nosection"),
+    ("data.max_frames=8", "data.max_frames"),            # not 1 + ft*k
+    ("model.heads=5", "model.heads"),                     # does not divide the width
+    ("sample.sizes=[[9,44,48]]", "sample.sizes[0]"),     # not divisible by fh * patch
+    ("sample.sizes=[[8,48,48]]", "sample.sizes[0]"),     # frames not 1 + ft*k
+    ("train.steps=abc", "train.steps"),
+    ("model.size=DiT-Q", "model.size"),
+    ("parallel.sp=4", "parallel.sp"),                     # 6 heads not divisible by 4
+    ("data.tokens_per_batch=10", "data.tokens_per_batch"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config("configs/demo.yaml", [override])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("configs/nope.yaml")
