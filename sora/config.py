@@ -90,6 +90,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.99)
+    eps: float = 1e-8
     warmup: int = 50
     grad_clip: float = 1.0
     min_lr_ratio: float = 0.1

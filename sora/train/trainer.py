@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distribu
 def build_engine(cfg: Config, model: torch.nn.Module, bf16: bool):
     import deepspeed
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, cfg.optim.warmup, cfg.train.steps, cfg.optim.min_lr_ratio))
@@ -41,16 +41,22 @@ def build_engine(cfg: Config, model: torch.nn.Module, bf16: bool):
     return engine, sched
 
 
-def train_step(engine, batch, gen: torch.Generator, cfg: Config, dp_group=None) -> tuple[float, int]:
-    """One flow-matching step on a packed batch. Returns (global token-weighted loss, global tokens).
+def draw_noise(batch, gen: torch.Generator, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample times t [B] and noise [N, P] for one packed batch (drawn on the CPU: reproducible)."""
+    lens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).long().cpu()
+    t = sample_timesteps(lens, cfg.diffusion, gen)
+    noise = torch.randn(tuple(batch.x.shape), generator=gen)
+    return t.to(batch.x.device), noise.to(batch.x.device, batch.x.dtype)
 
-    The loss is the mean over every real token of the whole data-parallel group: each rank divides
-    its token-sum by the group's token count (and multiplies by dp, since DeepSpeed averages grads).
+
+def flow_matching_loss(engine, batch, t, noise, dp_group=None) -> tuple[torch.Tensor, float, int]:
+    """Loss to backpropagate, plus the group's token-weighted mean loss and token count.
+
+    The objective is the mean over every real token of the whole data-parallel group: each rank
+    divides its token-sum by the group's token count and multiplies by dp, because DeepSpeed
+    averages gradients over ranks. So 2 ranks equal 1 rank processing both packs.
     """
     x0, cu = batch.x, batch.cu_seqlens
-    lens = (cu[1:] - cu[:-1]).long()
-    t = sample_timesteps(lens.cpu(), cfg.diffusion, gen).to(x0.device)          # [B]
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype)        # [N, P]
     xt = add_noise(x0, noise, t[sample_index(cu, x0.shape[0])])
     pred = engine(xt, cu, batch.max_seqlen, batch.grid, t.to(x0.dtype), batch.captions)
     loss_sum = flow_loss_sum(pred, x0, noise)
@@ -59,9 +65,7 @@ def train_step(engine, batch, gen: torch.Generator, cfg: Config, dp_group=None) 
     if dist.is_initialized():
         dist.all_reduce(stats, group=dp_group)
         dp = dist.get_world_size(dp_group)
-    engine.backward(loss_sum * dp / stats[1].item())
-    engine.step()
-    return stats[0].item() / stats[1].item(), int(stats[1].item())
+    return loss_sum * dp / stats[1].item(), stats[0].item() / stats[1].item(), int(stats[1].item())
 
 
 def train_dit(cfg: Config) -> Path:
@@ -112,7 +116,10 @@ def train_dit(cfg: Config) -> Path:
     for step in bar:
         t0 = time.perf_counter()
         batch = next(loader).to(device, dtype)
-        loss, tokens = train_step(engine, batch, gen, cfg)
+        t, noise = draw_noise(batch, gen, cfg)
+        objective, loss, tokens = flow_matching_loss(engine, batch, t, noise)
+        engine.backward(objective)
+        engine.step()
         ema.update(step)
         dt = time.perf_counter() - t0
         if step % cfg.run.log_every == 0 or step == cfg.train.steps - 1:

@@ -57,7 +57,7 @@ def train_vae(cfg: Config) -> Path:
     run_dir = Path(cfg.run.dir)
     save_config(cfg, run_dir / "config.yaml")
     vae = build_vae(cfg)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, cfg.optim.warmup, cfg.train.steps, cfg.optim.min_lr_ratio))

@@ -1,0 +1,75 @@
+"""Run under torchrun by tests/test_zero3.py: a few ZeRO-3 steps on fixed packs.
+
+With W ranks, rank r trains on packs[r::W] of each step; with 1 rank it trains on all packs of a
+step concatenated into one pack. Writes the full gradients of the first step and the parameters
+after every step (gathered) so the test can compare the two runs.
+"""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from sora.config import load_config
+from sora.data.packing import PackItem, concat_packs, pack
+from sora.models.t2v import TextToVideo
+from sora.parallel.dims import init_distributed
+from sora.train.checkpoint import gather_full_state
+from sora.train.trainer import build_engine, flow_matching_loss
+
+CAPS = ["a red circle moving left", "a blue square moving up", "", "a white triangle moving down"]
+
+
+def make_pack(step, which, in_dim, cfg):
+    """Deterministic pack + its noise and times; sizes differ per pack (images and videos)."""
+    g = torch.Generator().manual_seed(1000 * step + which)
+    grids = [(1, 2, 3), (3, 2, 2), (1, 1, 1)] if which == 0 else [(5, 2, 3), (1, 4, 4)]
+    items = [PackItem(torch.randn(t * h * w, in_dim, generator=g), (t, h, w), CAPS[(i + which) % 4], f"{which}-{i}")
+             for i, (t, h, w) in enumerate(grids)]
+    b = pack(items)
+    t = torch.rand(b.num_samples, generator=g)
+    noise = torch.randn(tuple(b.x.shape), generator=g)
+    return b, t, noise
+
+
+def main(out_path, steps):
+    dims = init_distributed()
+    cfg = load_config("configs/demo.yaml", ["model.depth=2", "model.width=48", "model.heads=4", "text.dim=32",
+                                            "text.layers=1", "optim.warmup=1", "optim.lr=1e-2",
+                                            # gradients that are exactly zero in theory (key biases) are
+                                            # rounding noise; a larger eps keeps Adam from amplifying it
+                                            "optim.eps=1e-6", "train.steps=10"])
+    torch.manual_seed(0)
+    model = TextToVideo(cfg)
+    with torch.no_grad():  # leave the zero-init regime so every parameter gets a gradient
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    engine, _ = build_engine(cfg, model, bf16=False)
+    from deepspeed.utils import safe_get_full_grad
+
+    record = {}
+    for step in range(steps):
+        packs = [make_pack(step, w, model.dit.in_dim, cfg) for w in range(2)]
+        if dims.world == 1:
+            batch = concat_packs([p[0] for p in packs])
+            t, noise = torch.cat([p[1] for p in packs]), torch.cat([p[2] for p in packs])
+        else:
+            batch, t, noise = packs[dims.rank]
+        objective, loss, tokens = flow_matching_loss(engine, batch, t, noise)
+        engine.backward(objective)
+        if step == 0:
+            for name, p in engine.module.named_parameters():
+                g = safe_get_full_grad(p)
+                if dims.rank == 0:
+                    record[f"grad/{name}"] = g.detach().clone()
+        engine.step()
+        record[f"loss/{step}"] = torch.tensor(loss)
+        for name, w in gather_full_state(engine.module).items():
+            record[f"param{step}/{name}"] = w
+    if dims.rank == 0:
+        torch.save(record, out_path)
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
