@@ -4,6 +4,11 @@ Causal in time: every temporal convolution pads only with past frames (the first
 replicated), so a latent frame never sees a later video frame. The first frame is encoded alone
 and each later group of `ft` frames becomes one latent frame: T = 1 + ft*k -> T' = 1 + k.
 Images are T = 1 and pass through the same network.
+
+Both directions carry a parameter-free shortcut (the residual autoencoding idea of DC-AE): the
+encoder adds the causally pooled RGB video to the first three latent channels and the decoder adds
+the upsampled first three channels to its output, so the convolutions learn only the residual
+detail. Colours and layout are right from the first step, which a small CPU budget needs.
 """
 from __future__ import annotations
 
@@ -123,6 +128,22 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(_frame_norm(self.norm_out, h)))
 
 
+def pool_video(x, ft: int, fh: int):
+    """[B, C, T, H, W] -> [B, C, T', H/fh, W/fh]: frame 0 alone, then the mean of each group of ft."""
+    x = F.avg_pool3d(x, (1, fh, fh))
+    first, rest = x[:, :, :1], x[:, :, 1:]
+    if rest.shape[2]:
+        b, c, t, h, w = rest.shape
+        rest = rest.view(b, c, t // ft, ft, h, w).mean(3)
+    return torch.cat([first, rest], dim=2)
+
+
+def unpool_video(z, ft: int, fh: int):
+    """Inverse layout of pool_video: [B, C, T', H', W'] -> [B, C, 1 + ft(T'-1), H'fh, W'fh] (repeats)."""
+    z = z.repeat_interleave(fh, 3).repeat_interleave(fh, 4)
+    return torch.cat([z[:, :, :1], z[:, :, 1:].repeat_interleave(ft, 2)], dim=2)
+
+
 class CausalVAE(nn.Module):
     def __init__(self, channels=32, latent_channels=4, ft=2, fh=4):
         super().__init__()
@@ -142,6 +163,8 @@ class CausalVAE(nn.Module):
         """x [B, 3, T, H, W] in [-1, 1] -> (mean, logvar) [B, C, T', H', W']."""
         self.check_video(x)
         mean, logvar = self.encoder(x).chunk(2, dim=1)
+        k = min(3, self.latent_channels)
+        mean = torch.cat([mean[:, :k] + pool_video(x[:, :k], self.ft, self.fh), mean[:, k:]], dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def encode(self, x, sample: bool = False):
@@ -152,7 +175,12 @@ class CausalVAE(nn.Module):
 
     def decode(self, z):
         """Scaled latent [B, C, T', H', W'] -> video [B, 3, T, H, W]."""
-        return self.decoder(z / self.scale)
+        return self.decode_unscaled(z / self.scale)
+
+    def decode_unscaled(self, z):
+        out = self.decoder(z)
+        k = min(3, self.latent_channels)
+        return torch.cat([out[:, :k] + unpool_video(z[:, :k], self.ft, self.fh), out[:, k:]], dim=1)
 
     def latent_shape(self, frames, height, width):
         return (self.latent_channels, (frames - 1) // self.ft + 1, height // self.fh, width // self.fh)

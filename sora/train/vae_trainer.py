@@ -25,7 +25,7 @@ def vae_loss(vae, video: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, 
     x = video[None]
     mean, logvar = vae.encode_dist(x)
     z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-    rec = vae.decoder(z)
+    rec = vae.decode_unscaled(z)
     l1 = (rec - x).abs().mean()
     l2 = (rec - x).pow(2).mean()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()

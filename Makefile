@@ -1,0 +1,34 @@
+# Two commands: `make demo` and `make test`. Both set up .venv when needed and are idempotent.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+STAMP   := $(VENV)/.installed
+PYTEST  ?= -q
+export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || echo cpu)
+
+.PHONY: setup demo test test-fast clean
+
+# torch first, as the CPU build on machines without an NVIDIA driver (a plain `torch` requirement
+# would pull a multi-GB CUDA build); DeepSpeed without build isolation so it builds against that torch.
+$(STAMP): setup.py Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch; else $(PIP) install -q torch==2.13.0; fi
+	$(PIP) install -q "numpy<2.3" ninja packaging psutil py-cpuinfo pydantic hjson msgpack einops tqdm
+	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation deepspeed==0.19.8
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(PY) -m pytest $(PYTEST) tests
+
+test-fast: setup
+	$(PY) -m pytest $(PYTEST) -m "not slow" tests
+
+clean:
+	rm -rf runs data
