@@ -29,7 +29,7 @@ setup(
         "tensorboard>=2.14",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "transformers>=4.44"],   # transformers: the T5 loading test
         "flash": ["flash-attn>=2.6"],
         "t5": ["transformers>=4.44", "sentencepiece"],
     },

@@ -47,7 +47,6 @@ class VAEConfig:
     ft: int = 2                        # temporal compression (T = 1 + ft*k)
     fh: int = 4                        # spatial compression (fh = fw)
     kl_weight: float = 1e-6
-    scale: float = 0.0                 # latent scaling; 0 = estimate from data after stage 1
 
 
 @dataclass

@@ -152,7 +152,9 @@ class CausalVAE(nn.Module):
         self.ft, self.fh, self.latent_channels = ft, fh, latent_channels
         self.encoder = Encoder(channels, latent_channels, ft, fh)
         self.decoder = Decoder(channels, latent_channels, ft, fh)
-        self.register_buffer("scale", torch.tensor(1.0))      # latent scaling, set after stage 1
+        # Per-channel latent statistics, measured after stage 1: the DiT sees (z - mean) / std.
+        self.register_buffer("latent_mean", torch.zeros(latent_channels))
+        self.register_buffer("latent_std", torch.ones(latent_channels))
 
     def check_video(self, x):
         t, h, w = x.shape[-3:]
@@ -171,11 +173,11 @@ class CausalVAE(nn.Module):
         """Scaled latent (what the DiT sees)."""
         mean, logvar = self.encode_dist(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
-        return z * self.scale
+        return (z - self.latent_mean.view(-1, 1, 1, 1)) / self.latent_std.view(-1, 1, 1, 1)
 
     def decode(self, z):
         """Scaled latent [B, C, T', H', W'] -> video [B, 3, T, H, W]."""
-        return self.decode_unscaled(z / self.scale)
+        return self.decode_unscaled(z * self.latent_std.view(-1, 1, 1, 1) + self.latent_mean.view(-1, 1, 1, 1))
 
     def decode_unscaled(self, z):
         out = self.decoder(z)

@@ -37,10 +37,10 @@ def psnr(mse: float) -> float:
 
 
 @torch.no_grad()
-def estimate_scale(vae, videos, n: int = 48) -> float:
-    """1 / std of latent means, so the DiT sees roughly unit-variance latents."""
-    zs = [vae.encode_dist(v[None])[0].flatten() for _, v, _ in _take(videos, n)]
-    return 1.0 / float(torch.cat(zs).std().clamp(min=1e-4))
+def latent_stats(vae, videos, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of latent means over n clips, so the DiT sees ~N(0, 1) latents."""
+    zs = torch.cat([vae.encode_dist(v[None])[0].transpose(0, 1).flatten(1) for _, v, _ in _take(videos, n)], 1)
+    return zs.mean(1), zs.std(1).clamp(min=1e-4)
 
 
 def _take(it, n):
@@ -94,8 +94,11 @@ def train_vae(cfg: Config) -> Path:
             metrics.log(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.1f}")
     vae.eval()
-    vae.scale.fill_(estimate_scale(vae, stream))
+    mean, std = latent_stats(vae, stream)
+    vae.latent_mean.copy_(mean)
+    vae.latent_std.copy_(std)
     save_weights(vae.state_dict(), run_dir / "vae.safetensors")
     metrics.close()
-    log.info("VAE saved to %s (latent scale %.3f)", run_dir / "vae.safetensors", float(vae.scale))
+    log.info("VAE saved to %s (latent mean %s, std %s)", run_dir / "vae.safetensors",
+             [round(v, 3) for v in mean.tolist()], [round(v, 3) for v in std.tolist()])
     return run_dir
