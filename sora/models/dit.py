@@ -13,9 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from sora.models.embeddings import RMSNorm, TimestepEmbedder
+from sora.models.embeddings import RMSNorm, TimestepEmbedder, timestep_features
 from sora.ops import Kernels, select_kernels
-from sora.ops.packing_index import sample_index
+from sora.ops.packing_index import sample_index, token_positions
 from sora.ops.rope import rope_sections
 
 # width = hidden size; params ~ 16 * width^2 * depth (self-attn, cross-attn, MLP)
@@ -125,6 +125,9 @@ class DiT(nn.Module):
         self.checkpointing = checkpointing
         self.kernels = select_kernels(configured=backend)                        # chosen once, stored
         self.patch_embed = nn.Linear(in_dim, width)
+        # Absolute frame index (RoPE alone is relative): lets the model place a moving object per
+        # frame from the very first, noisiest sampling steps, before any frame holds content.
+        self.frame_embed = nn.Linear(64, width)
         self.t_embed = TimestepEmbedder(width)
         self.text_pool = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, width))
         self.ada_single = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
@@ -139,7 +142,8 @@ class DiT(nn.Module):
         b = cu_seqlens.numel() - 1
         c = self.t_embed(t) + self.text_pool(segment_mean(ctx, cu_seqlens_ctx))  # [B, W]
         cond = self.ada_single(c).view(b, 6, self.width)                         # [B, 6, W]
-        h = self.patch_embed(x)                                                  # [N, W]
+        frame = token_positions(cu_seqlens, grid)[:, 0]                          # [N] latent frame index
+        h = self.patch_embed(x) + self.frame_embed(timestep_features(frame / 1000.0, 64).to(x.dtype))  # [N, W]
         args = (cond, cu_seqlens, max_seqlen, grid, ctx, cu_seqlens_ctx, max_seqlen_ctx, self.kernels)
         for blk in self.blocks:
             if self.checkpointing and self.training:
