@@ -129,12 +129,15 @@ def train_dit(cfg: Config) -> Path:
             eff = torch.tensor(batch.efficiency)
             dist.all_reduce(flops)
             dist.all_reduce(eff)
+            skips = [None] * dims.world  # each data-parallel rank reads its own shards: sum their skips
+            dist.all_gather_object(skips, stats.as_dict())
+            skipped = {k: sum(d.get(k, 0) for d in skips) // dims.sp for d in skips for k in d}
             rec = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
                    "grad_norm": float(engine.get_global_grad_norm() or 0.0), "tokens": tokens,
                    "tokens_per_s": tokens / dt, "mfu": float(flops) / dt / (peak * dims.world),
                    "packing_efficiency": float(eff) / dims.world, "samples": batch.num_samples,
-                   "step_time_s": dt, "skipped": stats.total}
-            rec.update({f"skipped_{k}": v for k, v in stats.as_dict().items()})
+                   "step_time_s": dt, "skipped": sum(skipped.values())}
+            rec.update({f"skipped_{k}": v for k, v in skipped.items()})
             metrics.log(rec)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
         if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0 and step + 1 < cfg.train.steps:
