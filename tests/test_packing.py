@@ -47,7 +47,8 @@ def test_pack_fields_and_positions():
 
 def test_best_fit_fills_budget_and_loses_nothing():
     rng = np.random.default_rng(0)
-    sizes = [(int(rng.choice([1, 3, 5, 9])), int(rng.integers(2, 9)), int(rng.integers(2, 9))) for _ in range(400)]
+    sizes = [(int(rng.choice([1, 3, 5, 9])), int(rng.integers(2, 8)), int(rng.integers(2, 8))) for _ in range(400)]
+    assert max(t * h * w for t, h, w in sizes) <= 512
     buffer, seen, packs = [], 0, []
     stream = iter(items_of(sizes))
     while True:
@@ -58,6 +59,7 @@ def test_best_fit_fills_budget_and_loses_nothing():
         if not buffer:
             break
         picked = take_best_fit(buffer, 512)
+        assert picked, "nothing fits although every sample is within the budget"
         assert sum(p.tokens.shape[0] for p in picked) <= 512
         seen += len(picked)
         packs.append(sum(p.tokens.shape[0] for p in picked))
