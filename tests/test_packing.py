@@ -66,3 +66,20 @@ def test_best_fit_fills_budget_and_loses_nothing():
     assert seen == len(sizes)                       # every sample packed exactly once
     full = packs[: len(packs) - 3]                  # the tail drains a nearly empty buffer
     assert np.mean(full) / 512 > 0.95
+
+
+def test_ranks_split_data_without_overlap_or_loss(tmp_path):
+    """Data is split by data-parallel rank: with more or fewer shards than ranks, every sample of an
+    epoch goes to exactly one rank."""
+    from sora.config import load_config
+    from sora.data.loader import VideoStream
+    from sora.data.shards import list_shards
+    from sora.data.synth import synthesize
+
+    synthesize(tmp_path, clips=12, seed=1, shard_size=4, heldout_clips=2)       # 3 train shards
+    cfg = load_config("configs/demo.yaml", ["data.shuffle_buffer=3"]).data
+    paths = list_shards(tmp_path, "train")
+    for dp in (2, 5):                                       # fewer ranks than shards, and more
+        keys = [[k for k, _, _ in VideoStream(paths, cfg, 2, 4, (1, 2, 2), r, dp, seed=0, epochs=1)] for r in range(dp)]
+        flat = [k for ks in keys for k in ks]
+        assert sorted(flat) == sorted(set(flat)) and len(flat) == 12, (dp, keys)

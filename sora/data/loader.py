@@ -39,8 +39,10 @@ class VideoStream:
         self.stats = stats if stats is not None else SkipStats()
 
     def _epoch(self, epoch: int) -> Iterator[tuple[str, torch.Tensor, str]]:
-        rng = np.random.default_rng([self.seed, self.dp_rank, epoch])
-        order = [self.paths[i] for i in rng.permutation(len(self.paths))]
+        # When ranks slice one shared sample sequence, they must agree on the shard order.
+        order_rng = np.random.default_rng([self.seed, epoch, 0 if self.slice_samples else self.dp_rank + 1])
+        order = [self.paths[i] for i in order_rng.permutation(len(self.paths))]
+        rng = np.random.default_rng([self.seed, self.dp_rank, epoch])   # this rank's shuffle buffer
         buffer = []
         for i, s in enumerate(iter_shard_samples(order, self.stats, max_frames=self.cfg.max_frames)):
             if self.slice_samples and i % self.dp_size != self.dp_rank:
