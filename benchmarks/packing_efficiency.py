@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -73,6 +74,7 @@ def main():
         "padded_batch_efficiency": padded_efficiency(counts, avg_batch, 0),
         "padded_batch_size": avg_batch,
         "seconds": time.perf_counter() - t0,
+        "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (timing covers decoding)",
         "host": platform.node(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def main(out_path, steps):
                 if dims.rank == 0:
                     record[f"grad/{name}"] = g.detach().clone()
         engine.step()
-        record[f"loss/{step}"] = torch.tensor(loss)
+        record[f"loss/{step}"] = loss.detach().clone()
         for name, w in gather_full_state(engine.module).items():
             record[f"param{step}/{name}"] = w
     if dims.rank == 0:

@@ -61,6 +61,15 @@ def test_pipeline_end_to_end_with_bad_input(tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     for key in ("step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "packing_efficiency"):
         assert key in rows[-1]
+    # restarting on the same run directory resumes from the newest checkpoint (model, optimizer, EMA)
+    r = sora("train", f"{ROOT}/configs/demo.yaml", *common, f"run.dir={run}", "vae.channels=8",
+             "train.steps=6", "run.save_every=2", "model.depth=2", "model.width=48", "model.heads=4",
+             "data.tokens_per_batch=600", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stderr
+    resumed = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert resumed == [0, 1, 2, 3, 4, 5]
+    assert (run / "checkpoints" / "newest").read_text().strip() == "step00000005"
     # every bad sample kind was skipped and counted (the VAE run reads the same shards)
     vae_rows = [json.loads(line) for line in (tmp_path / "vae" / "metrics.jsonl").read_text().splitlines()]
     seen = {k for row in rows + vae_rows for k in row if k.startswith("skipped_")}

@@ -57,8 +57,6 @@ class _TextBlock(nn.Module):
 
 
 class HashTextEncoder(nn.Module):
-    trainable = True
-
     def __init__(self, dim: int = 128, layers: int = 2, heads: int = 4, vocab: int = 4096, max_tokens: int = 32):
         super().__init__()
         self.tokenizer = HashTokenizer(vocab, max_tokens)
@@ -83,7 +81,6 @@ class HashTextEncoder(nn.Module):
 
 class T5TextEncoder(nn.Module):
     """Frozen T5 encoder from a local directory (no downloads). Needs `transformers`."""
-    trainable = False
 
     def __init__(self, path: str, max_tokens: int = 128):
         super().__init__()

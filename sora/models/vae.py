@@ -59,7 +59,6 @@ class Downsample(nn.Module):
 
     def __init__(self, channels, time: bool):
         super().__init__()
-        self.time = time
         self.conv = CausalConv3d(channels, channels, kernel=3, stride_t=2 if time else 1, stride_s=2)
 
     def forward(self, x):

@@ -32,5 +32,3 @@ def unpatchify(tokens: torch.Tensor, grid, patch, channels: int) -> torch.Tensor
     x = x.permute(3, 0, 4, 1, 5, 2, 6)                     # [C, gt, pt, gh, ph, gw, pw]
     return x.reshape(channels, gt * pt, gh * ph, gw * pw)
 
-
-IMPLEMENTATIONS = {"torch": (patchify, unpatchify)}

@@ -46,7 +46,7 @@ def load_checkpoint(engine, ema, ckpt_dir: Path) -> int:
         return 0
     _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     shards = load_file(str(ckpt_dir / tag / f"ema_rank{dist.get_rank():05d}.safetensors"))
-    ema.load_state_dict({"shadow": [shards[str(i)] for i in range(len(shards))]})
+    ema.load_shadow([shards[str(i)] for i in range(len(shards))])
     return int(client["step"]) + 1
 
 

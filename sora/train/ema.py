@@ -26,11 +26,8 @@ class ShardedEMA:
         for s, p in zip(self.shadow, self.params):
             s.lerp_(_local(p).float(), 1 - d)
 
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        for s, saved in zip(self.shadow, state["shadow"]):
+    def load_shadow(self, shadow: list[torch.Tensor]) -> None:
+        for s, saved in zip(self.shadow, shadow):
             s.copy_(saved)
 
     @torch.no_grad()

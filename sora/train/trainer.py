@@ -49,8 +49,9 @@ def draw_noise(batch, gen: torch.Generator, cfg: Config) -> tuple[torch.Tensor, 
     return t.to(batch.x.device), noise.to(batch.x.device, batch.x.dtype)
 
 
-def flow_matching_loss(engine, batch, t, noise, dp_group=None) -> tuple[torch.Tensor, float, int]:
-    """Loss to backpropagate, plus the group's token-weighted mean loss and token count.
+def flow_matching_loss(engine, batch, t, noise, dp_group=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss to backpropagate, plus the group's token-weighted mean loss and token count (0-d tensors
+    on the device: reading them is a host sync, so the caller does it only on logged steps).
 
     The objective is the mean over every real token of the whole data-parallel group: each rank
     divides its token-sum by the group's token count and multiplies by dp, because DeepSpeed
@@ -60,12 +61,12 @@ def flow_matching_loss(engine, batch, t, noise, dp_group=None) -> tuple[torch.Te
     xt = add_noise(x0, noise, t[sample_index(cu, x0.shape[0])])
     pred = engine(xt, cu, batch.max_seqlen, batch.grid, t.to(x0.dtype), batch.captions)
     loss_sum = flow_loss_sum(pred, x0, noise)
-    stats = torch.tensor([loss_sum.item(), float(x0.shape[0])], dtype=torch.float64)
+    stats = torch.stack([loss_sum.detach().double(), loss_sum.new_tensor(x0.shape[0], dtype=torch.float64)])
     dp = 1
     if dist.is_initialized():
         dist.all_reduce(stats, group=dp_group)
         dp = dist.get_world_size(dp_group)
-    return loss_sum * dp / stats[1].item(), stats[0].item() / stats[1].item(), int(stats[1].item())
+    return loss_sum * (dp / stats[1]).to(loss_sum.dtype), stats[0] / stats[1], stats[1]
 
 
 def train_dit(cfg: Config) -> Path:
@@ -121,8 +122,9 @@ def train_dit(cfg: Config) -> Path:
         engine.backward(objective)
         engine.step()
         ema.update(step)
-        dt = time.perf_counter() - t0
         if step % cfg.run.log_every == 0 or step == cfg.train.steps - 1:
+            loss, tokens = loss.item(), int(tokens.item())   # read back only on logged steps, before timing
+            dt = time.perf_counter() - t0
             seqlens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
             ctx_lens = [1 + len(c.split()) for c in batch.captions]
             flops = torch.tensor(float(train_flops(depth, width, in_dim, text_dim, cfg.model.mlp_ratio, seqlens, ctx_lens)))
