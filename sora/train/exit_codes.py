@@ -1,0 +1,7 @@
+"""Process exit codes the trainers and the launchers agree on."""
+
+# Checkpointed on SIGTERM/SIGUSR1 (preemption or time limit) and exited: requeue and resume.
+# 75 is EX_TEMPFAIL in sysexits.h: "a temporary failure; the user is invited to retry".
+PREEMPTED = 75
+# K non-finite steps in a row: stopped, the last good checkpoint is kept. Do not requeue.
+DIVERGED = 76
