@@ -6,6 +6,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Without a GPU, Triton kernels run under Triton's CPU interpreter. Triton reads this when a kernel
+# is decorated, i.e. when kernels/ is first imported, so it is set here before any test imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(autouse=True)
 def _threads():

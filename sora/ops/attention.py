@@ -57,3 +57,16 @@ try:  # optional backend
     IMPLEMENTATIONS["flash_attn"] = _fa
 except Exception:  # noqa: BLE001 - any import failure means "not available"
     IMPLEMENTATIONS["flash_attn"] = None
+
+
+def _triton_attention(*args, **kwargs):
+    # kernels/ is imported at first use: Triton fixes interpreted-or-compiled when it decorates.
+    from kernels.flash_attn import flash_attn_varlen_func
+    return flash_attn_varlen_func(*args, **kwargs)
+
+
+try:  # registered only where Triton imports (on CPU it runs only under TRITON_INTERPRET=1)
+    import triton  # noqa: F401
+    IMPLEMENTATIONS["triton"] = _triton_attention
+except ImportError:
+    IMPLEMENTATIONS["triton"] = None

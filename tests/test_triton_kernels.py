@@ -1,0 +1,169 @@
+"""Triton kernels (kernels/) against the plain-PyTorch references in sora/ops, forward and gradients.
+
+Without a GPU they run under Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1
+before anything imports kernels/; Triton reads it when a kernel is decorated). Shapes are small
+but odd: lengths 1, 17, 127/129, empty samples, many short samples with one long one.
+Errors are ||out - ref64|| / ||ref64|| against the reference in float64. fp32 must stay under
+FP32_BOUND; bf16/fp16 under 2x the reference's own error in that dtype plus a small floor
+(flash-attn's rule). Outputs are poisoned with NaN (kernels._common.POISON), so an element a
+kernel does not write fails.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+import kernels._common as kc  # noqa: E402
+from kernels import flash_attn_varlen_func  # noqa: E402
+from sora.ops.attention import varlen_attention_torch  # noqa: E402
+
+FP32_BOUND = 1e-5
+LOWP_FLOOR = {torch.bfloat16: 2e-3, torch.float16: 3e-4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter_bf16():
+    """Triton's interpreter (3.6) emulates bfloat16 badly: dot multiplies the operands' raw uint16
+    bits, and float32 -> bfloat16 casts truncate (GPUs round to nearest even). Make both behave as
+    on a GPU. Only the interpreter's emulation changes, not our kernels."""
+    if not kc.INTERPRET:
+        yield
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter as ti
+
+    builder = ti.InterpreterBuilder
+    orig_dot, orig_cast = builder.create_dot, builder.cast_impl
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if a.dtype.scalar == tl.bfloat16:
+            a = ti.TensorHandle((a.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+            b = ti.TensorHandle((b.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+        return orig_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            rne = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.bfloat16).view(torch.int16)
+            return ti.TensorHandle(rne.numpy().view(np.uint16), tl.bfloat16)
+        return orig_cast(self, src, dst_type)
+
+    builder.create_dot, builder.cast_impl = create_dot, cast_impl
+    yield
+    builder.create_dot, builder.cast_impl = orig_dot, orig_cast
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(kc, "POISON", float("nan"))
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _check(name, out, ref_lowp, ref64, dtype):
+    """out and ref_lowp computed in `dtype`, ref64 in float64 from the same inputs."""
+    err = _rel(out, ref64)
+    assert math.isfinite(err), f"{name}: non-finite output (an unwritten element?)"
+    if dtype == torch.float32:
+        assert err <= FP32_BOUND, f"{name}: rel err {err:.2e} > {FP32_BOUND:.0e}"
+    else:
+        bound = 2 * _rel(ref_lowp, ref64) + LOWP_FLOOR[dtype]
+        assert err <= bound, f"{name}: rel err {err:.2e} > {bound:.2e} (2x reference's own + floor)"
+
+
+def _cu(lens, device="cpu"):
+    return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+
+
+# --------------------------------------------------------------------------------- attention
+
+ATTN_CASES = [  # q lengths, k lengths, H, Hkv, D, causal, dtype
+    ([1, 17, 129], None, 2, 2, 64, False, torch.float32),
+    ([17, 1, 40], [5, 23, 1], 4, 1, 40, False, torch.float32),           # cross-attention, GQA 4
+    ([17, 5, 3, 0], [3, 20, 4, 2], 2, 1, 72, True, torch.float32),       # causal, Lq != Lk, empty q
+    ([1, 2, 3, 5, 8, 127], None, 2, 2, 96, True, torch.float32),         # many short + one long
+    ([33, 0, 9], [18, 7, 0], 3, 3, 32, False, torch.float32),            # samples with no keys
+    ([129, 3], [40, 3], 2, 2, 128, True, torch.float32),
+    ([17, 40], [23, 9], 4, 2, 64, False, torch.bfloat16),
+    ([17, 40], None, 2, 1, 128, True, torch.float16),
+]
+
+
+def _attn_inputs(lq, lk, h, hkv, d, dtype):
+    lk = lq if lk is None else lk
+    q = torch.randn(sum(lq), h, d, dtype=dtype)
+    k = torch.randn(sum(lk), hkv, d, dtype=dtype)
+    v = torch.randn(sum(lk), hkv, d, dtype=dtype)
+    return q, k, v, _cu(lq), _cu(lk), max(lq), max(lk)
+
+
+@pytest.mark.parametrize("lq,lk,h,hkv,d,causal,dtype", ATTN_CASES)
+def test_flash_attn_matches_reference(lq, lk, h, hkv, d, causal, dtype):
+    q, k, v, cq, ck, mq, mk = _attn_inputs(lq, lk, h, hkv, d, dtype)
+    dout = torch.randn_like(q)
+    scale = 0.7 / math.sqrt(d)
+    outs = {}
+    for name, dt, fn in (("triton", dtype, flash_attn_varlen_func), ("ref", dtype, varlen_attention_torch),
+                         ("ref64", torch.float64, varlen_attention_torch)):
+        xs = [t.detach().to(dt).requires_grad_() for t in (q, k, v)]
+        o = fn(*xs, cq, ck, mq, mk, softmax_scale=scale, causal=causal)
+        outs[name] = (o, *torch.autograd.grad(o, xs, dout.to(dt)))
+    for i, what in enumerate(("out", "dq", "dk", "dv")):
+        _check(what, outs["triton"][i], outs["ref"][i], outs["ref64"][i], dtype)
+
+
+def test_flash_attn_lse_and_empty_rows():
+    """softmax_lse [H, Nq] equals log-sum-exp of the scaled scores; +inf where a row sees no key."""
+    lq, lk, h, hkv, d = [5, 17, 2], [2, 17, 0], 2, 1, 32
+    q, k, v, cq, ck, mq, mk = _attn_inputs(lq, lk, h, hkv, d, torch.float32)
+    out, lse, probs = flash_attn_varlen_func(q, k, v, cq, ck, mq, mk, causal=True, return_attn_probs=True)
+    assert probs is None and lse.shape == (h, sum(lq)) and lse.dtype == torch.float32
+    ref = torch.full((h, sum(lq)), float("inf"), dtype=torch.float64)
+    kk = k.double().repeat_interleave(h // hkv, dim=1)
+    for b in range(len(lq)):
+        qs, ks = int(cq[b]), int(ck[b])
+        for i in range(lq[b]):
+            n = i + 1 + lk[b] - lq[b]                                        # keys visible (bottom-right)
+            if n > 0:
+                s = torch.einsum("hd,khd->hk", q[qs + i].double(), kk[ks:ks + n]) / math.sqrt(d)
+                ref[:, qs + i] = torch.logsumexp(s, dim=1)
+    fin = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(lse), fin)
+    assert torch.allclose(lse.double()[fin], ref[fin], rtol=1e-6, atol=1e-5)
+    assert torch.equal(out[:3], torch.zeros_like(out[:3]))                  # rows 0-2 of sample 0 see nothing
+    assert torch.equal(out[-2:], torch.zeros_like(out[-2:]))                # sample 2 has no keys
+
+
+def test_flash_attn_bad_input():
+    q, k, v, cq, ck, mq, mk = _attn_inputs([3, 4], None, 4, 2, 32, torch.float32)
+    with pytest.raises(ValueError, match="dropout_p"):
+        flash_attn_varlen_func(q, k, v, cq, ck, mq, mk, dropout_p=0.1)
+    with pytest.raises(ValueError, match="cu_seqlens_q"):
+        flash_attn_varlen_func(q, k, v, cq.long(), ck, mq, mk)
+    with pytest.raises(ValueError, match="cu_seqlens_k"):
+        flash_attn_varlen_func(q, k, v, cq, _cu([3, 3]), mq, mk)
+    with pytest.raises(ValueError, match="multiple"):
+        flash_attn_varlen_func(q, k[:, :1].expand(-1, 3, -1), v[:, :1].expand(-1, 3, -1), cq, ck, mq, mk)
+    with pytest.raises(ValueError, match="max_seqlen"):
+        flash_attn_varlen_func(q, k, v, cq, ck, 3, mk)
+    with pytest.raises(ValueError, match="float16"):
+        flash_attn_varlen_func(q.double(), k.double(), v.double(), cq, ck, mq, mk)
+
+
+def test_dispatch_registers_triton_attention_and_auto_stays_on_reference_on_cpu():
+    from sora.ops import attention as attn_op
+    from sora.ops.backend import resolve_backend
+
+    assert attn_op.IMPLEMENTATIONS["triton"] is not None
+    assert resolve_backend("attention", attn_op.IMPLEMENTATIONS, "auto", None, "cpu") == "torch"
+    assert resolve_backend("attention", attn_op.IMPLEMENTATIONS, "triton", None, "cpu") == "triton"
+    q, k, v, cq, ck, mq, mk = _attn_inputs([5, 9], None, 2, 2, 32, torch.float32)
+    out = attn_op.IMPLEMENTATIONS["triton"](q, k, v, cq, ck, mq, mk)
+    assert _rel(out, varlen_attention_torch(q.double(), k.double(), v.double(), cq, ck)) < FP32_BOUND
