@@ -1,7 +1,9 @@
 """Triton kernels: one file per op (kernel -> launcher -> entry point). See ../shared/DESIGN.md.
 
-Importing this package imports Triton; the sora.ops dispatch imports it lazily, at first use.
+Importing this package imports Triton and decorates the kernels; sora.ops imports it lazily, at
+first use (Triton decides interpreted-or-compiled, TRITON_INTERPRET, when it decorates).
 """
 from kernels.flash_attn import flash_attn_varlen_func
+from kernels.rope import rope_3d, rope_3d_qk
 
-__all__ = ["flash_attn_varlen_func"]
+__all__ = ["flash_attn_varlen_func", "rope_3d", "rope_3d_qk"]

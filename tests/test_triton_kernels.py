@@ -20,6 +20,7 @@ triton = pytest.importorskip("triton")
 import kernels._common as kc  # noqa: E402
 from kernels import flash_attn_varlen_func  # noqa: E402
 from sora.ops.attention import varlen_attention_torch  # noqa: E402
+from sora.ops.rope import apply_rope_torch  # noqa: E402
 
 FP32_BOUND = 1e-5
 LOWP_FLOOR = {torch.bfloat16: 2e-3, torch.float16: 3e-4}
@@ -167,3 +168,79 @@ def test_dispatch_registers_triton_attention_and_auto_stays_on_reference_on_cpu(
     q, k, v, cq, ck, mq, mk = _attn_inputs([5, 9], None, 2, 2, 32, torch.float32)
     out = attn_op.IMPLEMENTATIONS["triton"](q, k, v, cq, ck, mq, mk)
     assert _rel(out, varlen_attention_torch(q.double(), k.double(), v.double(), cq, ck)) < FP32_BOUND
+
+
+# ---------------------------------------------------------------------------------------- rope
+
+def _packing(grids):
+    grid = torch.tensor(grids, dtype=torch.int32).reshape(-1, 3)
+    return _cu(grid.long().prod(1).tolist()), grid
+
+
+def _interleave_ref(x, cu, grid, sections, theta):
+    """Interleaved pairing via the rotate-half reference: de-interleave each section, rotate, re-interleave."""
+    perm, start = [], 0
+    for d in sections:
+        perm += list(range(start, start + d, 2)) + list(range(start + 1, start + d, 2))
+        start += d
+    perm = torch.tensor(perm)
+    y = apply_rope_torch(x[..., perm], cu, grid, sections, theta)
+    return torch.empty_like(y).index_copy_(-1, perm, y)
+
+
+ROPE_CASES = [  # grids (T', H', W') per sample, heads, k heads, sections, theta, interleaved, dtype
+    ([(1, 1, 1), (3, 2, 3), (1, 4, 5), (2, 5, 13)], 3, 1, (8, 12, 12), 10000.0, False, torch.float32),
+    ([(2, 3, 3), (0, 4, 4), (1, 1, 7)], 2, 2, (16, 56, 56), 500.0, True, torch.float32),        # d=128, empty
+    ([(5, 3, 2), (1, 1, 1)], 5, 5, (10, 14, 16), 10000.0, False, torch.bfloat16),                 # d=40
+    ([(3, 3, 3)], 2, 1, (18, 28, 26), 10000.0, True, torch.float16),                              # d=72
+]
+
+
+@pytest.mark.parametrize("grids,h,hk,sections,theta,interleaved,dtype", ROPE_CASES)
+def test_rope_matches_reference(grids, h, hk, sections, theta, interleaved, dtype):
+    from kernels.rope import rope_3d, rope_3d_qk
+    cu, grid = _packing(grids)
+    n, d = int(cu[-1]), sum(sections)
+    q, k = torch.randn(n, h, d, dtype=dtype), torch.randn(n, hk, d, dtype=dtype)
+    ref = _interleave_ref if interleaved else (lambda x, *a: apply_rope_torch(x, *a))
+    qo, ko = rope_3d_qk(q, k, cu, grid, sections, theta, interleaved=interleaved)
+    for got, x in ((qo, q), (ko, k)):
+        _check("rope", got, ref(x, cu, grid, sections, theta), ref(x.double(), cu, grid, sections, theta), dtype)
+    # the backward (inverse rotation) undoes the forward; alone it equals the reference's vjp
+    back = rope_3d(qo, cu, grid, sections, theta, inverse=True, interleaved=interleaved)
+    _check("rope inverse o rope", back, q, q.double(), torch.float32 if dtype == torch.float32 else dtype)
+    g = torch.randn(n, h, d, dtype=torch.float64)
+    x64 = q.double().requires_grad_()
+    (vjp,) = torch.autograd.grad(ref(x64, cu, grid, sections, theta), x64, g)
+    got = rope_3d(g.to(dtype), cu, grid, sections, theta, inverse=True, interleaved=interleaved)
+    _check("rope vjp", got, vjp.to(dtype), vjp, dtype)
+    # in place: writes into its inputs, same values
+    q2, k2 = q.clone(), k.clone()
+    rope_3d_qk(q2, k2, cu, grid, sections, theta, interleaved=interleaved, inplace=True)
+    assert torch.equal(q2, qo) and torch.equal(k2, ko)
+
+
+def test_rope_triton_backend_gradients_through_dispatch():
+    from sora.ops import rope as rope_op
+    cu, grid = _packing([(1, 1, 1), (2, 3, 5), (1, 2, 9)])
+    sections = (8, 12, 12)
+    x = torch.randn(int(cu[-1]), 3, 32, requires_grad=True)
+    g = torch.randn_like(x)
+    fn = rope_op.IMPLEMENTATIONS["triton"]
+    assert fn is not None
+    (dx,) = torch.autograd.grad(fn(x, cu, grid, sections, 10000.0), x, g)
+    x64 = x.detach().double().requires_grad_()
+    (ref,) = torch.autograd.grad(apply_rope_torch(x64, cu, grid, sections, 10000.0), x64, g.double())
+    assert _rel(dx, ref) < FP32_BOUND
+
+
+def test_rope_bad_input():
+    from kernels.rope import rope_3d
+    cu, grid = _packing([(1, 2, 3)])
+    x = torch.randn(6, 2, 32)
+    with pytest.raises(ValueError, match="sections"):
+        rope_3d(x, cu, grid, (8, 12, 10 + 1))
+    with pytest.raises(ValueError, match="grid"):
+        rope_3d(x, cu, grid.long(), (8, 12, 12))
+    with pytest.raises(ValueError, match="grid"):
+        rope_3d(x, cu, torch.tensor([[1, 2, 2]], dtype=torch.int32), (8, 12, 12))
