@@ -5,7 +5,57 @@ machines install the CPU build first (`make setup` does). DeepSpeed is pinned: i
 ZeRO-3 APIs change between releases; install it with --no-build-isolation so its build sees the
 installed torch instead of fetching another.
 """
+import glob
+import os
+import sys
+
 from setuptools import find_packages, setup
+
+
+# ---- the csrc/ extension (sora._C) ----------------------------------------------------------------
+# One extension, built with ninja: the C++ kernels (csrc/cpu) always; the CUDA kernels (csrc/cuda)
+# too when the installed torch is a CUDA build and nvcc is found. Switches (environment):
+#   SORA_SKIP_EXT=1            do not build it (sora.ops then serves every op with torch/Triton)
+#   MAX_JOBS=N                 parallel compile jobs (ninja; torch's BuildExtension reads it)
+#   SORA_CUDA_ARCHS="80;90a"   CUDA architectures (default sm_80 and sm_90a)
+#   SORA_EXT_CPU_ONLY=1        build only the C++ kernels even with a CUDA torch
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() not in ("", "0", "false", "no")
+
+
+def _extension():
+    """(ext_modules, cmdclass) for sora._C; empty when skipped or torch is not importable."""
+    if _truthy("SORA_SKIP_EXT"):
+        print("sora: SORA_SKIP_EXT set, not building the sora._C extension", file=sys.stderr)
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except ImportError:  # a build-isolated install before torch exists: pure Python package
+        print("sora: torch not importable at build time, not building sora._C "
+              "(install torch first and use --no-build-isolation)", file=sys.stderr)
+        return [], {}
+    sources = ["csrc/bindings.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None and not _truthy("SORA_EXT_CPU_ONLY")
+    if torch.version.cuda is not None and CUDA_HOME is None:
+        print("sora: CUDA torch but no CUDA toolkit (nvcc) found: building the C++ kernels only", file=sys.stderr)
+    common = dict(name="sora._C", include_dirs=[os.path.abspath("csrc")], extra_link_args=["-fopenmp"])
+    if not with_cuda:
+        ext = CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)
+    else:
+        archs = [a.strip() for a in os.environ.get("SORA_CUDA_ARCHS", "80;90a").replace(",", ";").split(";")
+                 if a.strip()]
+        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"] + gencode
+        arch_token = "_".join(archs)
+        ext = CUDAExtension(sources=sources + sorted(glob.glob("csrc/cuda/*.cu")),
+                            define_macros=[("SORA_WITH_CUDA", None), ("SORA_CUDA_ARCHS", arch_token)],
+                            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **common)
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+_EXT_MODULES, _CMDCLASS = _extension()
 
 setup(
     name="sora",
@@ -34,4 +84,6 @@ setup(
         "t5": ["transformers>=4.44", "sentencepiece"],
     },
     entry_points={"console_scripts": ["sora=sora.cli:main", "sora-launch=launcher.cli:main"]},
+    ext_modules=_EXT_MODULES,
+    cmdclass=_CMDCLASS,
 )

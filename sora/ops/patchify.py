@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from sora.ops import _ext
+
 
 def patch_grid(latent_shape, patch) -> tuple[int, int, int]:
     _, t, h, w = latent_shape
@@ -32,3 +34,60 @@ def unpatchify(tokens: torch.Tensor, grid, patch, channels: int) -> torch.Tensor
     x = x.permute(3, 0, 4, 1, 5, 2, 6)                     # [C, gt, pt, gh, ph, gw, pw]
     return x.reshape(channels, gt * pt, gh * ph, gw * pw)
 
+
+# ---- packed: all samples of a micro-batch at once -------------------------------------------------
+# `latents` is every sample's [C, T, H, W] latent flattened and concatenated (sample b starts at
+# element cu_seqlens[b] * C*pt*ph*pw, since a sample has as many latent values as token values);
+# `grid` [B, 3] int32 is each sample's token grid. Patchify and unpatchify are each other's inverse
+# and adjoint (a permutation), so each one's backward is the other.
+
+def patchify_packed_torch(latents: torch.Tensor, cu_seqlens: torch.Tensor, grid: torch.Tensor, patch,
+                          channels: int) -> torch.Tensor:
+    """latents [N*P] -> tokens [N, P], P = channels*pt*ph*pw."""
+    pt, ph, pw = patch
+    p = channels * pt * ph * pw
+    cu = cu_seqlens.tolist()
+    parts = [patchify(latents[cu[b] * p:cu[b + 1] * p].view(channels, g[0] * pt, g[1] * ph, g[2] * pw), patch)
+             for b, g in enumerate(grid.tolist())]
+    return torch.cat(parts) if parts else latents.new_empty(0, p)
+
+
+def unpatchify_packed_torch(tokens: torch.Tensor, cu_seqlens: torch.Tensor, grid: torch.Tensor, patch,
+                            channels: int) -> torch.Tensor:
+    """tokens [N, P] -> latents [N*P]."""
+    cu = cu_seqlens.tolist()
+    parts = [unpatchify(tokens[cu[b]:cu[b + 1]], g, patch, channels).reshape(-1) for b, g in enumerate(grid.tolist())]
+    return torch.cat(parts) if parts else tokens.new_empty(0)
+
+
+class PackedPatchFunction(torch.autograd.Function):
+    """The one autograd.Function of packed patchify and unpatchify, for every kernel backend:
+    `kernel` runs the op, `adjoint` (the other direction) its backward."""
+
+    @staticmethod
+    def forward(ctx, x, cu_seqlens, grid, patch, channels, kernel, adjoint):
+        ctx.save_for_backward(cu_seqlens, grid)
+        ctx.args = (tuple(patch), int(channels), adjoint)
+        return kernel(x.contiguous(), cu_seqlens, grid, tuple(patch), int(channels))
+
+    @staticmethod
+    def backward(ctx, grad):
+        cu_seqlens, grid = ctx.saved_tensors
+        patch, channels, adjoint = ctx.args
+        return adjoint(grad.contiguous(), cu_seqlens, grid, patch, channels), None, None, None, None, None, None
+
+
+def _ext_patch(backend: str, inverse: bool):
+    def run(x, cu_seqlens, grid, patch, channels):
+        _ext.backend_for(x, backend)
+        ops = _ext.ops()
+        kernel, adjoint = (ops.unpatchify, ops.patchify) if inverse else (ops.patchify, ops.unpatchify)
+        return PackedPatchFunction.apply(x, cu_seqlens, grid, patch, channels, kernel, adjoint)
+    run.__name__ = f"{'unpatchify' if inverse else 'patchify'}_packed_{backend}"
+    return _ext.for_backend(backend, run)
+
+
+PATCHIFY_IMPLEMENTATIONS = {"torch": patchify_packed_torch,
+                            "cpp": _ext_patch("cpp", False), "cuda": _ext_patch("cuda", False)}
+UNPATCHIFY_IMPLEMENTATIONS = {"torch": unpatchify_packed_torch,
+                              "cpp": _ext_patch("cpp", True), "cuda": _ext_patch("cuda", True)}

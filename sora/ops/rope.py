@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from sora.ops import _ext
 from sora.ops.packing_index import token_positions
 
 
@@ -47,4 +48,41 @@ def apply_rope_torch(x: torch.Tensor, cu_seqlens: torch.Tensor, grid: torch.Tens
     return torch.cat(out, dim=-1)
 
 
-IMPLEMENTATIONS = {"torch": apply_rope_torch}
+class RopeFunction(torch.autograd.Function):
+    """One autograd.Function for every kernel backend of RoPE. `kernel(x, cu_seqlens, grid,
+    sections, theta, inverse)` rotates by +angle (inverse=False) or -angle; the rotation is
+    orthogonal, so the backward is the same kernel with inverse=True. Nothing is saved but the
+    (integer) packing."""
+
+    @staticmethod
+    def forward(ctx, x, cu_seqlens, grid, sections, theta, kernel):
+        ctx.save_for_backward(cu_seqlens, grid)
+        ctx.args = (tuple(sections), float(theta), kernel)
+        return kernel(x.contiguous(), cu_seqlens, grid, tuple(sections), float(theta), False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cu_seqlens, grid = ctx.saved_tensors
+        sections, theta, kernel = ctx.args
+        return kernel(grad.contiguous(), cu_seqlens, grid, sections, theta, True), None, None, None, None, None
+
+
+def _ext_rope(backend: str):
+    def apply_rope(x, cu_seqlens, grid, sections, theta=10000.0):
+        _ext.backend_for(x, backend)
+        return RopeFunction.apply(x, cu_seqlens, grid, sections, theta, _ext.ops().rope)
+    apply_rope.__name__ = f"apply_rope_{backend}"
+    return _ext.for_backend(backend, apply_rope)
+
+
+def _triton_rope(x, cu_seqlens, grid, sections, theta=10000.0):
+    from kernels.rope import rope_3d  # imported at first use: Triton fixes interpreted-or-compiled then
+    return RopeFunction.apply(x, cu_seqlens, grid, sections, theta, rope_3d)
+
+
+IMPLEMENTATIONS = {"torch": apply_rope_torch, "cpp": _ext_rope("cpp"), "cuda": _ext_rope("cuda")}
+try:  # registered only where Triton imports (on CPU it runs only under TRITON_INTERPRET=1)
+    import triton  # noqa: F401
+    IMPLEMENTATIONS["triton"] = _triton_rope
+except ImportError:
+    IMPLEMENTATIONS["triton"] = None
