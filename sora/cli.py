@@ -51,6 +51,19 @@ def _cmd_evaluate(a):
     print(json.dumps(report["summary"], indent=2))
 
 
+def _cmd_plan(a):
+    from sora.plan import format_plan, parse_clip, plan
+
+    try:
+        clip = parse_clip(a.clip)
+        p = plan(a.size, clip, a.gpu_mem, a.gpus, ft=a.ft, fh=a.fh, patch=tuple(a.patch),
+                 latent_channels=a.latent_channels, text_tokens=a.text_tokens, text_dim=a.text_dim,
+                 checkpointing=not a.no_checkpointing, attention=a.attention, bf16=a.dtype == "bf16")
+    except (ValueError, KeyError) as e:
+        raise ConfigError(str(e)) from None
+    print(json.dumps(p, indent=2) if a.json else format_plan(p))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="sora", description="Sora-style video diffusion training")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -88,6 +101,23 @@ def main(argv=None) -> int:
     s.add_argument("--data", default=None, help="dataset directory (default: the run's data.path)")
     s.add_argument("--seeds", type=int, default=1)
     s.set_defaults(fn=_cmd_evaluate)
+
+    s = sub.add_parser("plan", help="what fits: tokens per sample, per-GPU memory, sp degree needed")
+    s.add_argument("--size", default="DiT-1B", help="DiT size from the registry (DiT-T ... DiT-3B)")
+    s.add_argument("--clip", default="60s@720p@24fps", help="SECONDSs@HEIGHTp@FPSfps or SECONDSs@WxH@FPSfps")
+    s.add_argument("--gpu-mem", type=float, default=80, help="GiB per GPU")
+    s.add_argument("--gpus", type=int, default=8)
+    s.add_argument("--ft", type=int, default=4, help="VAE temporal factor")
+    s.add_argument("--fh", type=int, default=8, help="VAE spatial factor")
+    s.add_argument("--patch", type=int, nargs=3, default=[1, 2, 2])
+    s.add_argument("--latent-channels", type=int, default=16)
+    s.add_argument("--text-tokens", type=int, default=256)
+    s.add_argument("--text-dim", type=int, default=4096)
+    s.add_argument("--attention", choices=["flash", "math"], default="flash")
+    s.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    s.add_argument("--no-checkpointing", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=_cmd_plan)
 
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")

@@ -20,6 +20,7 @@ sample length on the math path; parameters, gradients and Adam states sharded by
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ class DiTShape:
                  + lin(w, 6 * w)                                   # adaLN-single
                  + 2 * w + lin(w, self.in_dim))                    # final layer
         return self.depth * block + outer
+
+    def block_params(self) -> int:
+        return (self.dit_params() - dataclasses.replace(self, depth=0).dit_params()) // max(1, self.depth)
 
 
 T5_DIMS = {"t5-v1_1-xxl": 4096, "t5-v1_1-xl": 2048, "t5-v1_1-large": 1024, "t5-v1_1-base": 768, "t5-v1_1-small": 512}
