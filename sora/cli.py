@@ -1,4 +1,4 @@
-"""`sora` command line: synth, train-vae, train, sample, evaluate."""
+"""`sora` command line: synth, train-vae, train, export, sample, evaluate (and more, see `sora -h`)."""
 from __future__ import annotations
 
 import argparse
@@ -26,10 +26,15 @@ def _cmd_train_vae(a):
 
 
 def _cmd_train(a):
+    from sora.train.faults import Diverged, Preempted
     from sora.train.trainer import train_dit
 
     cfg = load_config(a.config, a.overrides)
-    run = train_dit(cfg)
+    try:
+        run = train_dit(cfg)
+    except (Preempted, Diverged) as e:
+        print(f"sora train: {type(e).__name__.lower()}: {e} (exit {e.exit_code})", file=sys.stderr)
+        return e.exit_code
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"DiT run directory: {run}")
 
@@ -42,6 +47,13 @@ def _cmd_sample(a):
     video = gen.generate([a.prompt], a.frames, a.height, a.width, a.steps, a.cfg, a.seed)[0]
     write_video(a.out, video, fps=a.fps)
     print(f"wrote {a.out} ({video.shape[0]} frames, {video.shape[1]}x{video.shape[2]})")
+
+
+def _cmd_export(a):
+    from sora.export import export_run
+
+    out = export_run(a.run, a.out, ema=a.ema, tag=a.tag)
+    print(f"wrote {out} ({'EMA' if a.ema else 'raw'} weights)")
 
 
 def _cmd_evaluate(a):
@@ -83,7 +95,7 @@ def main(argv=None) -> int:
         t.set_defaults(fn=fn)
 
     s = sub.add_parser("sample", help="generate one video from a prompt")
-    s.add_argument("--run", required=True)
+    s.add_argument("--run", required=True, help="run directory, or a FILE.safetensors from `sora export`")
     s.add_argument("--prompt", required=True)
     s.add_argument("--frames", type=int, required=True)
     s.add_argument("--height", type=int, required=True)
@@ -95,6 +107,13 @@ def main(argv=None) -> int:
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_sample)
+
+    s = sub.add_parser("export", help="gather a run's ZeRO-3 checkpoint shards into one safetensors file")
+    s.add_argument("--run", required=True, help="run directory")
+    s.add_argument("--out", required=True, help="FILE.safetensors (the run's config goes in its metadata)")
+    s.add_argument("--ema", action="store_true", help="export the EMA weights instead of the raw ones")
+    s.add_argument("--tag", default=None, help="checkpoint to export (default: the newest complete one)")
+    s.set_defaults(fn=_cmd_export)
 
     s = sub.add_parser("evaluate", help="sample held-out prompts at the configured sizes and score adherence")
     s.add_argument("--run", required=True)
@@ -122,11 +141,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
-        a.fn(a)
+        return a.fn(a) or 0
     except (ConfigError, FileNotFoundError) as e:
         print(f"sora {a.cmd}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

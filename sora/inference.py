@@ -21,11 +21,17 @@ class Generator:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, ema: bool = True, device="cpu") -> "Generator":
-        cfg = run_config(run_dir)
-        name = "ema.safetensors" if ema else "model.safetensors"
-        path = Path(run_dir) / "final" / name
-        if not path.is_file():
-            raise FileNotFoundError(f"no {name} in '{Path(run_dir) / 'final'}': has `sora train` finished?")
+        """A run directory (its final weights, EMA or raw) or a file written by `sora export`."""
+        if Path(run_dir).is_file():
+            from sora.export import config_of_export
+
+            cfg, path = config_of_export(run_dir), Path(run_dir)
+        else:
+            cfg = run_config(run_dir)
+            name = "ema.safetensors" if ema else "model.safetensors"
+            path = Path(run_dir) / "final" / name
+            if not path.is_file():
+                raise FileNotFoundError(f"no {name} in '{Path(run_dir) / 'final'}': has `sora train` finished?")
         model = TextToVideo(cfg)
         model.load_state_dict(load_file(str(path)))
         vae, _ = load_vae(cfg.vae.run, device)

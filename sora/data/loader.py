@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -68,40 +69,91 @@ class VideoStream:
                 raise RuntimeError(f"no usable sample in shards {self.paths} (skips: {self.stats.as_dict()})")
 
 
+@dataclass
+class _Pending:
+    """A clip waiting in the packing buffer: packed by its token count, encoded only once picked."""
+    key: str
+    video: torch.Tensor          # [3, T, H, W]
+    caption: str                 # after caption dropout
+    grid: tuple[int, int, int]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+
 class PackedLoader:
-    """Encodes each clip once (latents are cached: the pipeline is deterministic per sample) and
-    packs clips into micro-batches of at most `tokens_per_batch` tokens."""
+    """Packs clips into micro-batches of at most `tokens_per_batch` tokens, then encodes the picked
+    clips (latents are cached: the pipeline is deterministic per sample).
+
+    Resumable exactly: the only state is how many packs were taken, because the stream, its
+    shuffles and the caption dropout are all seeded. `skip(n)` replays n packs without encoding
+    (`latent_shape` gives token counts from video shapes), so resuming costs video decoding only.
+    """
 
     def __init__(self, videos: VideoStream, encode: Callable[[torch.Tensor], torch.Tensor], patch,
-                 tokens_per_batch: int, caption_dropout: float = 0.0, seed: int = 0, lookahead: int = 32):
+                 tokens_per_batch: int, caption_dropout: float = 0.0, seed: int = 0, lookahead: int = 32,
+                 latent_shape: Callable[[int, int, int], tuple] | None = None):
         self.videos, self.encode, self.patch = videos, encode, tuple(patch)
         self.budget, self.dropout, self.lookahead = tokens_per_batch, caption_dropout, lookahead
+        self.latent_shape = latent_shape
         self.rng = np.random.default_rng([seed, videos.dp_rank, 7])
         self.cache: dict[str, tuple[torch.Tensor, tuple]] = {}
+        self.buffer: list[_Pending] = []
+        self.stream = iter(self.videos)
+        self.exhausted = False
+        self.packs_taken = 0
 
-    def _item(self, key, video, caption) -> PackItem:
+    def _latent(self, key: str, video: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         if key not in self.cache:
             latent = self.encode(video)                                  # [C, T', H', W']
             grid = tuple(s // p for s, p in zip(latent.shape[1:], self.patch))
             self.cache[key] = (patchify(latent, self.patch), grid)
-        tokens, grid = self.cache[key]
-        if self.dropout and self.rng.random() < self.dropout:
-            caption = ""
-        return PackItem(tokens, grid, caption, key)
+        return self.cache[key]
 
-    def __iter__(self) -> Iterator[PackedBatch]:
-        buffer: list[PackItem] = []
-        stream = iter(self.videos)
-        exhausted = False
-        while True:
-            while not exhausted and len(buffer) < self.lookahead:
-                try:
-                    buffer.append(self._item(*next(stream)))
-                except StopIteration:  # finite epochs: drain what is left
-                    exhausted = True
-            if not buffer:
-                return
-            picked = take_best_fit(buffer, self.budget)
-            if not picked:
-                raise RuntimeError(f"no sample fits the token budget {self.budget}")
-            yield pack(picked, self.budget)
+    def _grid(self, key: str, video: torch.Tensor) -> tuple[int, int, int]:
+        if key in self.cache:
+            return self.cache[key][1]
+        if self.latent_shape is None:
+            return self._latent(key, video)[1]
+        shape = self.latent_shape(*video.shape[1:])                     # (C, T', H', W')
+        return tuple(s // p for s, p in zip(shape[1:], self.patch))
+
+    def _fill(self) -> None:
+        while not self.exhausted and len(self.buffer) < self.lookahead:
+            try:
+                key, video, caption = next(self.stream)
+            except StopIteration:  # finite epochs: drain what is left
+                self.exhausted = True
+                break
+            if self.dropout and self.rng.random() < self.dropout:
+                caption = ""
+            self.buffer.append(_Pending(key, video, caption, self._grid(key, video)))
+
+    def _take(self) -> list[_Pending]:
+        self._fill()
+        if not self.buffer:
+            raise StopIteration
+        picked = take_best_fit(self.buffer, self.budget)
+        if not picked:
+            raise RuntimeError(f"no sample fits the token budget {self.budget}")
+        self.packs_taken += 1
+        return picked
+
+    def skip(self, packs: int) -> None:
+        """Advance by `packs` packs exactly as iterating would, without encoding anything."""
+        for _ in range(packs):
+            self._take()
+
+    def __iter__(self) -> "PackedLoader":
+        return self
+
+    def __next__(self) -> PackedBatch:
+        items = []
+        for p in self._take():
+            tokens, grid = self._latent(p.key, p.video)
+            if grid != p.grid:
+                raise RuntimeError(f"sample {p.key}: encoded to a {grid} token grid, packed as {p.grid} "
+                                   "(latent_shape disagrees with the encoder)")
+            items.append(PackItem(tokens, grid, p.caption, p.key))
+        return pack(items, self.budget)

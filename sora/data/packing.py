@@ -40,6 +40,10 @@ class PackItem:
     caption: str
     key: str
 
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
 
 def pack(items: list[PackItem], budget: int = 0) -> PackedBatch:
     if not items:
@@ -63,13 +67,14 @@ def concat_packs(packs: list[PackedBatch]) -> PackedBatch:
     return pack(items, budget=sum(p.budget for p in packs))
 
 
-def take_best_fit(buffer: list[PackItem], budget: int) -> list[PackItem]:
+def take_best_fit(buffer: list, budget: int) -> list:
     """Remove and return items that fill `budget` as fully as a greedy first-fit-decreasing can.
-    Items keep arriving, so the leftovers fill later packs; nothing is dropped or padded."""
-    order = sorted(range(len(buffer)), key=lambda i: -buffer[i].tokens.shape[0])
+    Items keep arriving, so the leftovers fill later packs; nothing is dropped or padded.
+    Items only need `num_tokens` (the loader packs clips before encoding them)."""
+    order = sorted(range(len(buffer)), key=lambda i: -buffer[i].num_tokens)
     chosen, room = [], budget
     for i in order:
-        n = buffer[i].tokens.shape[0]
+        n = buffer[i].num_tokens
         if n <= room:
             chosen.append(i)
             room -= n

@@ -53,9 +53,7 @@ class SelfAttention(nn.Module):
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.heads, self.head_dim).unbind(1)   # [N, H, Dh] each
         q, k = self.q_norm(q), self.k_norm(k)
-        q = kernels.rope(q, cu, grid, self.sections, self.rope_theta)
-        k = kernels.rope(k, cu, grid, self.sections, self.rope_theta)
-        o = kernels.attention(q, k, v, cu, cu, max_seqlen, max_seqlen)          # [N, H, Dh]
+        o = kernels.self_attention(q, k, v, cu, max_seqlen, grid, self.sections, self.rope_theta)  # [N, H, Dh]
         return self.proj(o.reshape(n, -1))
 
 
@@ -137,12 +135,16 @@ class DiT(nn.Module):
         nn.init.zeros_(self.ada_single[1].weight)   # gates start at zero: blocks start as identity
         nn.init.zeros_(self.ada_single[1].bias)
 
-    def forward(self, x, cu_seqlens, max_seqlen, grid, t, ctx, cu_seqlens_ctx, max_seqlen_ctx):
-        """x [N, in_dim] noisy latent patches; t [B]; ctx [M, Dt] -> velocity [N, in_dim]."""
+    def forward(self, x, cu_seqlens, max_seqlen, grid, t, ctx, cu_seqlens_ctx, max_seqlen_ctx, token_offset=None):
+        """x [N, in_dim] noisy latent patches; t [B]; ctx [M, Dt] -> velocity [N, in_dim].
+
+        token_offset [B] (optional): entry b is a segment of a larger sample (grid[b] is the whole
+        sample's) that starts at this token; self-attention must then see whole samples (Ulysses).
+        """
         b = cu_seqlens.numel() - 1
         c = self.t_embed(t) + self.text_pool(segment_mean(ctx, cu_seqlens_ctx))  # [B, W]
         cond = self.ada_single(c).view(b, 6, self.width)                         # [B, 6, W]
-        frame = token_positions(cu_seqlens, grid)[:, 0]                          # [N] latent frame index
+        frame = token_positions(cu_seqlens, grid, token_offset)[:, 0]            # [N] latent frame index
         h = self.patch_embed(x) + self.frame_embed(timestep_features(frame / 1000.0, 64).to(x.dtype))  # [N, W]
         args = (cond, cu_seqlens, max_seqlen, grid, ctx, cu_seqlens_ctx, max_seqlen_ctx, self.kernels)
         for blk in self.blocks:

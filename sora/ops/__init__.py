@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from sora.ops import adaln, attention, patchify, rope
@@ -14,6 +15,20 @@ class Kernels:
     rope: Callable
     adaln: Callable
     names: dict
+    # RoPE on q and k, then attention over whole samples. One callable so that sequence
+    # parallelism can wrap both: after its all-to-all every rank holds whole samples.
+    self_attention: Callable | None = None
+
+    def __post_init__(self):
+        if self.self_attention is None:
+            object.__setattr__(self, "self_attention", partial(rope_then_attention, self.rope, self.attention))
+
+
+def rope_then_attention(rope_fn, attention_fn, q, k, v, cu_seqlens, max_seqlen, grid, sections, theta):
+    """q, k, v [N, H, Dh] of whole samples -> [N, H, Dh]."""
+    q = rope_fn(q, cu_seqlens, grid, sections, theta)
+    k = rope_fn(k, cu_seqlens, grid, sections, theta)
+    return attention_fn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
 
 
 def select_kernels(backend: str | None = None, configured: str | None = None, device: str = "cpu") -> Kernels:

@@ -28,11 +28,17 @@ def sample_index(cu_seqlens: torch.Tensor, total: int | None = None) -> torch.Te
                                    output_size=total)
 
 
-def token_positions(cu_seqlens: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """[N, 3] int64 (t, h, w) of each token inside its own sample (row-major t, h, w order)."""
+def token_positions(cu_seqlens: torch.Tensor, grid: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, 3] int64 (t, h, w) of each token inside its own sample (row-major t, h, w order).
+
+    offset [B] (optional): the packed entries are segments of larger samples starting at these
+    token indices (a sequence-parallel slice); the grid is the whole sample's.
+    """
     total = int(cu_seqlens[-1])
     sid = sample_index(cu_seqlens, total)                                  # [N]
     local = torch.arange(total, device=cu_seqlens.device) - cu_seqlens.long()[sid]
+    if offset is not None:
+        local = local + offset.long()[sid]
     g = grid.long()[sid]                                                   # [N, 3]
     hw = g[:, 1] * g[:, 2]
     t = local // hw

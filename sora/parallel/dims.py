@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+
+from sora.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,15 @@ class ParallelDims:
         return self.rank // self.sp
 
     @property
+    def sp_rank(self) -> int:
+        return self.rank % self.sp
+
+    @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
-def init_distributed(sp: int = 1) -> ParallelDims:
+def init_distributed(sp: int = 1, timeout_s: float = 600.0) -> ParallelDims:
     """Start torch.distributed (gloo on CPU, NCCL on GPU) through DeepSpeed; works for one process
     without a launcher too (a single-rank group on a free local port)."""
     import deepspeed
@@ -41,8 +48,11 @@ def init_distributed(sp: int = 1) -> ParallelDims:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
-                                   verbose=False)
-    return ParallelDims(world=dist.get_world_size(), rank=dist.get_rank(), sp=sp)
+                                   verbose=False, timeout=timedelta(seconds=timeout_s))
+    world = dist.get_world_size()
+    if world % sp:
+        raise ConfigError(f"config key 'parallel.sp': world size {world} is not divisible by sp={sp}")
+    return ParallelDims(world=world, rank=dist.get_rank(), sp=sp)
 
 
 def _free_port() -> int:

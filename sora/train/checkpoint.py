@@ -1,17 +1,25 @@
 """Periodic DeepSpeed checkpoints with a pointer to the newest complete one.
 
-Every rank writes its shards (model/optimizer via DeepSpeed, EMA shard via safetensors); only
-after a barrier does rank 0 move the `newest` pointer (write-then-rename), so an interrupted
-save never becomes the one a restart resumes from.
+Every rank writes its shards (model/optimizer/LR schedule via DeepSpeed, EMA shard via
+safetensors, RNG and loader position as JSON) into a temporary directory; only after a barrier
+does rank 0 rename it into place and move the `newest` pointer (write-then-rename), so an
+interrupted save never becomes the one a restart resumes from.
 """
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+
+log = logging.getLogger("sora.train")
+
+
+TMP_PREFIX = "tmp-"
 
 
 def newest_tag(ckpt_dir: Path) -> str | None:
@@ -22,32 +30,68 @@ def newest_tag(ckpt_dir: Path) -> str | None:
     return tag if (ckpt_dir / tag).is_dir() else None
 
 
-def save_checkpoint(engine, ema, ckpt_dir: Path, step: int, keep: int) -> str:
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Checkpoints that were renamed into place (sorted oldest first)."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
+
+
+def save_checkpoint(engine, ema, ckpt_dir: Path, step: int, keep: int, rank_state: dict | None = None) -> str:
+    """All ranks write into tmp-TAG; after a barrier rank 0 renames it to TAG, then moves the
+    `newest` pointer (write + rename), then prunes. A crash at any point leaves `newest` on a
+    complete checkpoint; leftover tmp-* directories are removed at the next start."""
     tag = f"step{step:08d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step}, save_latest=False)
+    tmp_tag = TMP_PREFIX + tag
+    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state={"step": step}, save_latest=False)
     rank = dist.get_rank()
-    save_file({str(i): s.contiguous() for i, s in enumerate(ema.shadow)}, str(ckpt_dir / tag / f"ema_rank{rank:05d}.safetensors"))
+    save_file({str(i): s.contiguous() for i, s in enumerate(ema.shadow)},
+              str(ckpt_dir / tmp_tag / f"ema_rank{rank:05d}.safetensors"))
+    if rank_state is not None:
+        (ckpt_dir / tmp_tag / f"state_rank{rank:05d}.json").write_text(json.dumps(rank_state))
     dist.barrier()
     if rank == 0:
-        tmp = ckpt_dir / "newest.tmp"
-        tmp.write_text(tag)
-        tmp.replace(ckpt_dir / "newest")
-        tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
-        for old in tags[:-keep] if keep > 0 else []:
+        final = ckpt_dir / tag
+        if final.exists():            # a newer run reached this step again after a resume
+            shutil.rmtree(final)
+        (ckpt_dir / tmp_tag).rename(final)
+        ptr = ckpt_dir / "newest.tmp"
+        ptr.write_text(tag)
+        ptr.replace(ckpt_dir / "newest")
+        tags = [t for t in complete_tags(ckpt_dir) if t != tag]
+        for old in tags[:max(0, len(tags) - (keep - 1))] if keep > 0 else []:
             shutil.rmtree(ckpt_dir / old, ignore_errors=True)
     dist.barrier()
     return tag
 
 
-def load_checkpoint(engine, ema, ckpt_dir: Path) -> int:
-    """Resume from the newest complete checkpoint; returns the next step (0 when there is none)."""
+def remove_incomplete(ckpt_dir: Path) -> list[str]:
+    """Delete saves that never completed (rank 0, before anyone writes)."""
+    gone = []
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.iterdir():
+            if p.is_dir() and p.name.startswith(TMP_PREFIX):
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(p.name)
+    return gone
+
+
+def load_checkpoint(engine, ema, ckpt_dir: Path) -> tuple[int, dict | None]:
+    """Resume from the newest complete checkpoint: (next step, this rank's saved state or None)."""
+    if dist.get_rank() == 0:
+        for name in remove_incomplete(ckpt_dir):
+            log.warning("removed incomplete checkpoint %s", ckpt_dir / name)
+    dist.barrier()
     tag = newest_tag(ckpt_dir)
     if tag is None:
-        return 0
+        return 0, None
     _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-    shards = load_file(str(ckpt_dir / tag / f"ema_rank{dist.get_rank():05d}.safetensors"))
+    rank = dist.get_rank()
+    shards = load_file(str(ckpt_dir / tag / f"ema_rank{rank:05d}.safetensors"))
     ema.load_shadow([shards[str(i)] for i in range(len(shards))])
-    return int(client["step"]) + 1
+    state_file = ckpt_dir / tag / f"state_rank{rank:05d}.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else None
+    return int(client["step"]) + 1, state
 
 
 def gather_full_state(module) -> dict[str, torch.Tensor]:

@@ -1,26 +1,33 @@
 """Stage 2: train the text-conditioned DiT with flow matching on packed latents under DeepSpeed."""
 from __future__ import annotations
 
+import json
 import logging
+import signal
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from sora.config import Config, ConfigError, resolved_dims, save_config
+from sora.config import Config, resolved_dims, save_config
 from sora.data.loader import PackedLoader, VideoStream
 from sora.data.shards import SkipStats, list_shards
 from sora.diffusion.flow import add_noise, flow_loss_sum, sample_timesteps
 from sora.models.t2v import TextToVideo
 from sora.ops.packing_index import sample_index
 from sora.parallel.deepspeed_config import deepspeed_config
-from sora.parallel.dims import init_distributed
+from sora.parallel.dims import ParallelDims, init_distributed
+from sora.parallel.sequence import shard_rows, shard_sequence
+from sora.parallel.ulysses import init_sequence_parallel_groups, pack_checksum, wrap_for_sequence_parallel
+from sora.train import rng_state
 from sora.train.artifacts import check_vae_matches, load_vae, save_weights
 from sora.train.checkpoint import gather_full_state, load_checkpoint, save_checkpoint
 from sora.train.ema import ShardedEMA
+from sora.train.faults import Diverged, NonFiniteGuard, Preempted, PreemptionFlag, injected_nan_steps
 from sora.train.flops import peak_flops, train_flops
 from sora.train.metrics import MetricsLogger
 from sora.train.schedule import warmup_cosine
@@ -29,50 +36,95 @@ log = logging.getLogger("sora.train")
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
 
 
-def build_engine(cfg: Config, model: torch.nn.Module, bf16: bool):
+def build_engine(cfg: Config, model: torch.nn.Module, bf16: bool, mpu=None):
     import deepspeed
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, cfg.optim.warmup, cfg.train.steps, cfg.optim.min_lr_ratio))
-    engine, _, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+    engine, _, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, mpu=mpu,
                                                config=deepspeed_config(cfg, bf16))
     return engine, sched
 
 
 def draw_noise(batch, gen: torch.Generator, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample times t [B] and noise [N, P] for one packed batch (drawn on the CPU: reproducible)."""
+    """Per-sample times t [B] and noise [N, P] for one packed batch (drawn on the CPU: reproducible,
+    and identical on every rank of a sequence-parallel group, which share the generator seed)."""
     lens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).long().cpu()
     t = sample_timesteps(lens, cfg.diffusion, gen)
     noise = torch.randn(tuple(batch.x.shape), generator=gen)
     return t.to(batch.x.device), noise.to(batch.x.device, batch.x.dtype)
 
 
-def flow_matching_loss(engine, batch, t, noise, dp_group=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Loss to backpropagate, plus the group's token-weighted mean loss and token count (0-d tensors
-    on the device: reading them is a host sync, so the caller does it only on logged steps).
+@dataclass
+class StepInput:
+    """What this rank feeds the model: the whole pack (sp = 1) or its sequence-parallel slice."""
+    x0: torch.Tensor             # [L, P]
+    noise: torch.Tensor          # [L, P]
+    t: torch.Tensor              # [S] per segment
+    cu_seqlens: torch.Tensor     # [S+1]
+    max_seqlen: int
+    grid: torch.Tensor           # [S, 3] whole-sample grids
+    captions: list[str]
+    offset: torch.Tensor | None  # [S] first token of each segment inside its sample
+    real: int                    # the first `real` rows count in the loss (the rest is pad)
 
-    The objective is the mean over every real token of the whole data-parallel group: each rank
-    divides its token-sum by the group's token count and multiplies by dp, because DeepSpeed
-    averages gradients over ranks. So 2 ranks equal 1 rank processing both packs.
+
+def step_input(batch, t, noise, dims: ParallelDims, ulysses) -> StepInput:
+    if dims.sp == 1:
+        return StepInput(batch.x, noise, t, batch.cu_seqlens, batch.max_seqlen, batch.grid, batch.captions,
+                         None, batch.num_tokens)
+    shard = shard_sequence(batch.cu_seqlens, batch.grid, dims.sp, dims.sp_rank)
+    ulysses.bind(shard, batch.x.device)
+    seg = shard.segment_sample                                   # [S]; index B is the pad sample
+    t_all = torch.cat([t, t.new_zeros(1)])                       # the pad's time is irrelevant
+    captions = batch.captions + [""]
+    dev = batch.x.device
+    return StepInput(shard_rows(batch.x, shard), shard_rows(noise, shard), t_all[seg.to(dev)],
+                     shard.cu_seqlens.to(dev), shard.max_seqlen, shard.full_grid[seg].to(dev),
+                     [captions[i] for i in seg.tolist()], shard.segment_offset.to(dev), shard.local_real)
+
+
+def flow_matching_loss(engine, inp: StepInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss to backpropagate, plus the token-weighted mean loss over every rank and the real token
+    count (0-d tensors on the device: reading them is a host sync, so only logged steps do).
+
+    The objective is the mean over every real token of every pack of the step. Each rank divides
+    its token-sum by the world's token count and multiplies by the world size, because ZeRO-3's
+    reduce-scatter (`reduce_scatter: true`, set in deepspeed_config) averages gradients over all
+    ranks, sequence-parallel ones included (DeepSpeed 0.19.8's other path, reduce_scatter off,
+    divides by world / sp instead: the config pins the path). So 2 data-parallel ranks equal 1 rank
+    processing both packs, and sp ranks equal 1 rank holding the whole pack.
     """
-    x0, cu = batch.x, batch.cu_seqlens
-    xt = add_noise(x0, noise, t[sample_index(cu, x0.shape[0])])
-    pred = engine(xt, cu, batch.max_seqlen, batch.grid, t.to(x0.dtype), batch.captions)
-    loss_sum = flow_loss_sum(pred, x0, noise)
-    stats = torch.stack([loss_sum.detach().double(), loss_sum.new_tensor(x0.shape[0], dtype=torch.float64)])
-    dp = 1
+    cu = inp.cu_seqlens
+    xt = add_noise(inp.x0, inp.noise, inp.t[sample_index(cu, inp.x0.shape[0])])
+    pred = engine(xt, cu, inp.max_seqlen, inp.grid, inp.t.to(inp.x0.dtype), inp.captions, inp.offset)
+    r = inp.real
+    loss_sum = flow_loss_sum(pred[:r], inp.x0[:r], inp.noise[:r])
+    stats = torch.stack([loss_sum.detach().double(), loss_sum.new_tensor(r, dtype=torch.float64)])
+    world = 1
     if dist.is_initialized():
-        dist.all_reduce(stats, group=dp_group)
-        dp = dist.get_world_size(dp_group)
-    return loss_sum * (dp / stats[1]).to(loss_sum.dtype), stats[0] / stats[1], stats[1]
+        dist.all_reduce(stats)
+        world = dist.get_world_size()
+    return loss_sum * (world / stats[1]).to(loss_sum.dtype), stats[0] / stats[1], stats[1]
+
+
+def check_identical_packs(batch, group) -> None:
+    """Debug (parallel.check_packs): every rank of a sequence-parallel group must hold the same pack."""
+    mine = pack_checksum(batch.x, batch.cu_seqlens)
+    theirs = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(theirs, mine, group=group)
+    if any(not torch.equal(mine, o) for o in theirs):
+        raise RuntimeError(f"rank {dist.get_rank()}: the ranks of a sequence-parallel group got different packs "
+                           f"(checksums {[o.tolist() for o in theirs]})")
 
 
 def train_dit(cfg: Config) -> Path:
-    dims = init_distributed(cfg.parallel.sp)
-    if dims.sp > 1:
-        raise ConfigError("config key 'parallel.sp': sequence parallelism (sp > 1) is not in this build yet")
+    """Train, checkpointing every run.save_every steps; resumes from the newest checkpoint in
+    run.dir. Raises faults.Preempted after checkpointing on SIGTERM/SIGUSR1, faults.Diverged after
+    train.max_nonfinite_steps non-finite steps in a row."""
+    dims = init_distributed(cfg.parallel.sp, cfg.parallel.timeout_s)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cuda)
@@ -85,12 +137,11 @@ def train_dit(cfg: Config) -> Path:
 
     torch.manual_seed(cfg.run.seed)  # identical init on every rank
     model = TextToVideo(cfg)
-    engine, sched = build_engine(cfg, model, bf16)
+    mpu = init_sequence_parallel_groups(dims.sp) if dims.sp > 1 else None
+    engine, sched = build_engine(cfg, model, bf16, mpu)
+    ulysses = wrap_for_sequence_parallel(engine.module.dit, mpu.get_sequence_parallel_group()) if mpu else None
     ema = ShardedEMA(engine.module.named_parameters(), cfg.train.ema)
     ckpt_dir = run_dir / "checkpoints"
-    start = load_checkpoint(engine, ema, ckpt_dir)
-    if start and dims.is_main:
-        log.info("resumed from %s at step %d", ckpt_dir, start)
 
     stats = SkipStats()
     videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, cfg.vae.ft, cfg.vae.fh,
@@ -100,58 +151,105 @@ def train_dit(cfg: Config) -> Path:
     def encode(video):                                              # [3, T, H, W] -> [C, T', H', W']
         return vae.encode(video[None].to(device))[0].float().cpu()
 
-    loader = iter(PackedLoader(videos, encode, cfg.model.patch, cfg.data.tokens_per_batch,
-                               cfg.data.caption_dropout, cfg.run.seed))
+    loader = PackedLoader(videos, encode, cfg.model.patch, cfg.data.tokens_per_batch, cfg.data.caption_dropout,
+                          cfg.run.seed, latent_shape=vae.latent_shape)
     gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + dims.dp_rank + 1)
+    start, saved = load_checkpoint(engine, ema, ckpt_dir)
+    if start:
+        if saved is None:
+            raise RuntimeError(f"checkpoint in {ckpt_dir} has no RNG/loader state for rank {dims.rank}")
+        rng_state.restore(saved["rng"], {"noise": gen})
+        loader.skip(saved["packs_taken"])
+        if dims.is_main:
+            log.info("resumed from %s at step %d (loader replayed %d packs)", ckpt_dir, start, saved["packs_taken"])
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(engine, ema, ckpt_dir, step, cfg.run.keep_checkpoints,
+                        {"rng": rng_state.capture({"noise": gen}), "packs_taken": loader.packs_taken})
+
     depth, width, _ = resolved_dims(cfg.model)
     in_dim = cfg.vae.latent_channels * cfg.model.patch[0] * cfg.model.patch[1] * cfg.model.patch[2]
     text_dim = engine.module.dit.text_pool[0].normalized_shape[0]
     peak, peak_source = peak_flops(str(device))
     metrics = MetricsLogger(run_dir, enabled=dims.is_main)
     if dims.is_main:
-        log.info("DiT %s: depth %d width %d, %d ranks (dp %d), MFU peak: %s %.3g FLOP/s",
-                 cfg.model.size, depth, width, dims.world, dims.dp, peak_source, peak)
+        log.info("DiT %s: depth %d width %d, %d ranks (dp %d x sp %d), MFU peak: %s %.3g FLOP/s",
+                 cfg.model.size, depth, width, dims.world, dims.dp, dims.sp, peak_source, peak)
+    preempt = PreemptionFlag()
+    guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+    nan_steps = injected_nan_steps()
     bar = tqdm(range(start, cfg.train.steps), desc="dit", disable=not dims.is_main, dynamic_ncols=True,
                initial=start, total=cfg.train.steps)
     engine.train()
-    for step in bar:
-        t0 = time.perf_counter()
-        batch = next(loader).to(device, dtype)
-        t, noise = draw_noise(batch, gen, cfg)
-        objective, loss, tokens = flow_matching_loss(engine, batch, t, noise)
-        engine.backward(objective)
-        engine.step()
-        ema.update(step)
-        if step % cfg.run.log_every == 0 or step == cfg.train.steps - 1:
-            loss, tokens = loss.item(), int(tokens.item())   # read back only on logged steps, before timing
-            dt = time.perf_counter() - t0
-            seqlens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
-            ctx_lens = [1 + len(c.split()) for c in batch.captions]
-            flops = torch.tensor(float(train_flops(depth, width, in_dim, text_dim, cfg.model.mlp_ratio, seqlens, ctx_lens)))
-            eff = torch.tensor(batch.efficiency)
-            dist.all_reduce(flops)
-            dist.all_reduce(eff)
-            skips = [None] * dims.world  # each data-parallel rank reads its own shards: sum their skips
-            dist.all_gather_object(skips, stats.as_dict())
-            skipped = {k: sum(d.get(k, 0) for d in skips) // dims.sp for d in skips for k in d}
-            rec = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0],
-                   "grad_norm": float(engine.get_global_grad_norm() or 0.0), "tokens": tokens,
-                   "tokens_per_s": tokens / dt, "mfu": float(flops) / dt / (peak * dims.world),
-                   "packing_efficiency": float(eff) / dims.world, "samples": batch.num_samples,
-                   "step_time_s": dt, "skipped": sum(skipped.values())}
-            rec.update({f"skipped_{k}": v for k, v in skipped.items()})
-            metrics.log(rec)
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-        if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0 and step + 1 < cfg.train.steps:
-            save_checkpoint(engine, ema, ckpt_dir, step, cfg.run.keep_checkpoints)
-
-    save_checkpoint(engine, ema, ckpt_dir, cfg.train.steps - 1, cfg.run.keep_checkpoints)
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            batch = next(loader).to(device, dtype)
+            if cfg.parallel.check_packs and mpu:
+                check_identical_packs(batch, mpu.get_sequence_parallel_group())
+            t, noise = draw_noise(batch, gen, cfg)
+            objective, loss, tokens = flow_matching_loss(engine, step_input(batch, t, noise, dims, ulysses))
+            if step in nan_steps:
+                objective = objective * float("nan")
+            engine.backward(objective)
+            engine.step()
+            grad_norm = float(engine.get_global_grad_norm() or 0.0)
+            skipped = guard.after_step(engine.was_step_applied(), grad_norm, step)
+            if not skipped:
+                ema.update(step)
+            if step % cfg.run.log_every == 0 or step == cfg.train.steps - 1 or skipped:
+                loss, tokens = loss.item(), int(tokens.item())   # read back only on logged steps, before timing
+                dt = time.perf_counter() - t0
+                seqlens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
+                ctx_lens = [1 + len(c.split()) for c in batch.captions]
+                flops = torch.tensor(float(train_flops(depth, width, in_dim, text_dim, cfg.model.mlp_ratio, seqlens, ctx_lens)))
+                eff = torch.tensor(batch.efficiency)
+                dist.all_reduce(flops)   # each pack is counted by its sp ranks: divide by sp
+                dist.all_reduce(eff)
+                skips = [None] * dims.world  # each data-parallel rank reads its own shards: sum their skips
+                dist.all_gather_object(skips, stats.as_dict())
+                skipped_data = {k: sum(d.get(k, 0) for d in skips) // dims.sp for d in skips for k in d}
+                rec = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm,
+                       "tokens": tokens, "tokens_per_s": tokens / dt,
+                       "mfu": float(flops) / dims.sp / dt / (peak * dims.world),
+                       "packing_efficiency": float(eff) / dims.world, "samples": batch.num_samples,
+                       "step_time_s": dt, "skipped": sum(skipped_data.values()),
+                       "nonfinite_skipped": guard.total}
+                rec.update({f"skipped_{k}": v for k, v in skipped_data.items()})
+                metrics.log(rec)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            guard.check(step)
+            if preempt.agreed():
+                checkpoint(step)
+                signame = signal.Signals(preempt.received).name if preempt.received else "a peer's signal"
+                raise Preempted(f"checkpointed step {step} after {signame}; resume by rerunning the same command")
+            if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0 and step + 1 < cfg.train.steps:
+                checkpoint(step)
+        if start < cfg.train.steps:
+            checkpoint(cfg.train.steps - 1)
+    except (Preempted, Diverged) as e:
+        write_exit_status(run_dir, dims, e.exit_code, str(e))
+        metrics.close()
+        raise
+    finally:
+        preempt.restore()
     weights = gather_full_state(engine.module)
     ema_weights = ema.full_state()
     if dims.is_main:
         save_weights(weights, run_dir / "final" / "model.safetensors")
         save_weights(ema_weights, run_dir / "final" / "ema.safetensors")
         log.info("final weights in %s", run_dir / "final")
+    write_exit_status(run_dir, dims, 0, "finished")
     metrics.close()
     dist.barrier()
     return run_dir
+
+
+def write_exit_status(run_dir: Path, dims: ParallelDims, code: int, message: str) -> None:
+    """RUN_DIR/exit_status.json: how the last start ended, for launchers that cannot see our exit
+    code through torchrun (which reports any worker failure as its own code 1)."""
+    if dims.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / "exit_status.json.tmp"
+        tmp.write_text(json.dumps({"code": code, "message": message, "time": time.time()}))
+        tmp.replace(run_dir / "exit_status.json")

@@ -1,0 +1,81 @@
+"""`sora export`: a checkpoint's ZeRO shards -> one full-weights safetensors file, offline.
+
+Model weights come from DeepSpeed's own consolidation of its fp32 partitions; the EMA is ours
+(sora.train.ema keeps one partition per rank, laid out like each parameter's ZeRO-3 `ds_tensor`:
+the flattened parameter split into equal, zero-padded pieces in rank order). The run's config
+rides in the file's metadata, so `sora sample --run FILE` needs nothing else but the VAE run.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from sora.config import Config, config_from_dict, to_dict
+from sora.models.t2v import TextToVideo
+from sora.train.artifacts import run_config
+from sora.train.checkpoint import newest_tag
+
+CONFIG_KEY = "sora_config"
+
+
+def _param_shapes(cfg: Config) -> list[tuple[str, torch.Size]]:
+    with torch.device("meta"):
+        model = TextToVideo(cfg)
+    return [(n, p.shape) for n, p in model.named_parameters()]
+
+
+def ema_from_shards(cfg: Config, tag_dir: Path) -> dict[str, torch.Tensor]:
+    paths = sorted(tag_dir.glob("ema_rank*.safetensors"))
+    if not paths:
+        raise FileNotFoundError(f"no ema_rank*.safetensors in '{tag_dir}'")
+    ranks = [load_file(str(p)) for p in paths]
+    out = {}
+    for i, (name, shape) in enumerate(_param_shapes(cfg)):
+        parts = [r[str(i)].flatten() for r in ranks]
+        numel = math.prod(shape)
+        if cfg.train.zero_stage == 3:
+            if sum(p.numel() for p in parts) < numel:
+                raise ValueError(f"EMA shards of '{name}' hold {sum(p.numel() for p in parts)} values, need {numel}")
+            out[name] = torch.cat(parts)[:numel].view(shape).clone()
+        else:                     # ZeRO 0-2 keep whole parameters on every rank
+            out[name] = parts[0].view(shape).clone()
+    return out
+
+
+def export_run(run_dir: str | Path, out: str | Path, ema: bool = False, tag: str | None = None) -> Path:
+    run_dir, out = Path(run_dir), Path(out)
+    cfg = run_config(run_dir)
+    ckpt = run_dir / "checkpoints"
+    tag = tag or newest_tag(ckpt)
+    if tag is None or not (ckpt / tag).is_dir():
+        raise FileNotFoundError(f"no complete checkpoint{' ' + tag if tag else ''} in '{ckpt}'")
+    if ema:
+        state = ema_from_shards(cfg, ckpt / tag)
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
+    expected = {n for n, _ in _param_shapes(cfg)}
+    if set(state) != expected:
+        raise ValueError(f"checkpoint {tag} does not match the run's model: missing {sorted(expected - set(state))[:5]}, "
+                         f"unexpected {sorted(set(state) - expected)[:5]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file({k: v.detach().float().contiguous() for k, v in state.items()}, str(tmp),
+              metadata={CONFIG_KEY: yaml.safe_dump(to_dict(cfg), sort_keys=False), "sora_checkpoint": tag,
+                        "sora_weights": "ema" if ema else "model"})
+    tmp.replace(out)
+    return out
+
+
+def config_of_export(path: str | Path) -> Config:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if CONFIG_KEY not in meta:
+        raise ValueError(f"'{path}' has no {CONFIG_KEY} metadata: not written by `sora export`")
+    return config_from_dict(yaml.safe_load(meta[CONFIG_KEY]))

@@ -1,0 +1,85 @@
+"""Surviving faults: preemption signals and non-finite steps.
+
+SIGTERM / SIGUSR1 (Slurm sends one before a time limit or preemption) only set a flag; the
+training loop checks it at a step boundary, all ranks agree through one all-reduce, checkpoint
+together and exit with `exit_codes.PREEMPTED`. A signal handler never does collective work itself.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+
+import torch
+import torch.distributed as dist
+
+from sora.train import exit_codes
+
+log = logging.getLogger("sora.train")
+
+
+class Preempted(Exception):
+    """Checkpointed after SIGTERM/SIGUSR1; the process should exit with exit_codes.PREEMPTED."""
+    exit_code = exit_codes.PREEMPTED
+
+
+class Diverged(Exception):
+    """Too many non-finite steps in a row; the last good checkpoint is kept."""
+    exit_code = exit_codes.DIVERGED
+
+
+class PreemptionFlag:
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def agreed(self) -> bool:
+        """True on every rank if any rank got a signal (a collective: call it on all ranks)."""
+        flag = torch.tensor([0 if self.received is None else 1], dtype=torch.int32)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
+class NonFiniteGuard:
+    """Counts steps DeepSpeed skipped for a non-finite gradient norm (a non-finite loss makes
+    non-finite gradients); `max_in_a_row` consecutive ones stop training."""
+
+    def __init__(self, max_in_a_row: int):
+        self.max_in_a_row = max_in_a_row
+        self.in_a_row = 0
+        self.total = 0
+
+    def after_step(self, applied: bool, grad_norm: float, step: int) -> bool:
+        """Returns True when the step was skipped."""
+        skipped = not applied or not math.isfinite(grad_norm)
+        if not skipped:
+            self.in_a_row = 0
+            return False
+        self.in_a_row += 1
+        self.total += 1
+        log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row, %d in all)",
+                    step, self.in_a_row, self.total)
+        return True
+
+    def check(self, step: int) -> None:
+        """Raise Diverged once too many in a row were skipped (after the step was logged)."""
+        if self.in_a_row >= self.max_in_a_row:
+            raise Diverged(f"{self.in_a_row} non-finite steps in a row (train.max_nonfinite_steps="
+                           f"{self.max_in_a_row}) up to step {step}; the last good checkpoint is kept")
+
+
+def injected_nan_steps() -> set[int]:
+    """Fault injection for tests: SORA_FAULT_NAN_STEPS=3,4 makes those steps' loss NaN."""
+    raw = os.environ.get("SORA_FAULT_NAN_STEPS", "")
+    return {int(s) for s in raw.split(",") if s.strip()}
