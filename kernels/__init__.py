@@ -3,7 +3,8 @@
 Importing this package imports Triton and decorates the kernels; sora.ops imports it lazily, at
 first use (Triton decides interpreted-or-compiled, TRITON_INTERPRET, when it decorates).
 """
+from kernels.adaln import adaln_modulate
 from kernels.flash_attn import flash_attn_varlen_func
 from kernels.rope import rope_3d, rope_3d_qk
 
-__all__ = ["flash_attn_varlen_func", "rope_3d", "rope_3d_qk"]
+__all__ = ["adaln_modulate", "flash_attn_varlen_func", "rope_3d", "rope_3d_qk"]

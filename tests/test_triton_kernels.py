@@ -20,6 +20,7 @@ triton = pytest.importorskip("triton")
 import kernels._common as kc  # noqa: E402
 from kernels import flash_attn_varlen_func  # noqa: E402
 from sora.ops.attention import varlen_attention_torch  # noqa: E402
+from sora.ops.adaln import adaln_modulate_torch  # noqa: E402
 from sora.ops.rope import apply_rope_torch  # noqa: E402
 
 FP32_BOUND = 1e-5
@@ -244,3 +245,44 @@ def test_rope_bad_input():
         rope_3d(x, cu, grid.long(), (8, 12, 12))
     with pytest.raises(ValueError, match="grid"):
         rope_3d(x, cu, torch.tensor([[1, 2, 2]], dtype=torch.int32), (8, 12, 12))
+
+
+# --------------------------------------------------------------------------------------- adaLN
+
+ADALN_CASES = [  # sample lengths, D, dtype
+    ([1, 17, 0, 5, 129], 48, torch.float32),       # samples ending inside tiles, an empty one
+    ([3, 1, 1, 2, 9], 72, torch.float32),          # several samples per tile
+    ([17, 40], 96, torch.bfloat16),
+    ([5, 1, 33], 64, torch.float16),
+]
+
+
+@pytest.mark.parametrize("lens,d,dtype", ADALN_CASES)
+def test_adaln_matches_reference(lens, d, dtype):
+    from kernels.adaln import adaln_modulate
+    cu = _cu(lens)
+    x = torch.randn(sum(lens), d, dtype=dtype) * 2 + 0.5
+    shift, scale = torch.randn(len(lens), d, dtype=dtype), torch.randn(len(lens), d, dtype=dtype) * 0.5
+    dy = torch.randn_like(x)
+    outs = {}
+    for name, dt, fn in (("triton", dtype, adaln_modulate), ("ref", dtype, adaln_modulate_torch),
+                         ("ref64", torch.float64, adaln_modulate_torch)):
+        xs = [t.detach().to(dt).requires_grad_() for t in (x, shift, scale)]
+        y = fn(*xs, cu, eps=1e-6)
+        outs[name] = (y, *torch.autograd.grad(y, xs, dy.to(dt)))
+    for i, what in enumerate(("y", "dx", "dshift", "dscale")):
+        _check(what, outs["triton"][i], outs["ref"][i], outs["ref64"][i], dtype)
+
+
+def test_adaln_dispatch_and_bad_input():
+    from kernels.adaln import adaln_modulate
+    from sora.ops import adaln as adaln_op
+    cu = _cu([3, 4])
+    x, sh, sc = torch.randn(7, 32), torch.randn(2, 32), torch.randn(2, 32)
+    fn = adaln_op.IMPLEMENTATIONS["triton"]
+    assert fn is not None
+    assert _rel(fn(x, sh, sc, cu), adaln_modulate_torch(x.double(), sh.double(), sc.double(), cu)) < FP32_BOUND
+    with pytest.raises(ValueError, match="shift"):
+        adaln_modulate(x, sh[:1], sc, cu)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        adaln_modulate(x, sh, sc, _cu([3, 3]))

@@ -17,4 +17,14 @@ def adaln_modulate_torch(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
     return h * (1 + scale[sid]) + shift[sid]
 
 
+def _triton_adaln(x, shift, scale, cu_seqlens, eps=1e-6):
+    from kernels.adaln import adaln_modulate  # imported at first use: Triton fixes interpreted-or-compiled then
+    return adaln_modulate(x, shift, scale, cu_seqlens, eps)
+
+
 IMPLEMENTATIONS = {"torch": adaln_modulate_torch}
+try:  # registered only where Triton imports (on CPU it runs only under TRITON_INTERPRET=1)
+    import triton  # noqa: F401
+    IMPLEMENTATIONS["triton"] = _triton_adaln
+except ImportError:
+    IMPLEMENTATIONS["triton"] = None
