@@ -21,6 +21,7 @@ import kernels._common as kc  # noqa: E402
 from kernels import flash_attn_varlen_func  # noqa: E402
 from sora.ops.attention import varlen_attention_torch  # noqa: E402
 from sora.ops.adaln import adaln_modulate_torch  # noqa: E402
+from sora.ops.patchify import patchify_packed_torch, unpatchify_packed_torch  # noqa: E402
 from sora.ops.rope import apply_rope_torch  # noqa: E402
 
 FP32_BOUND = 1e-5
@@ -286,3 +287,88 @@ def test_adaln_dispatch_and_bad_input():
         adaln_modulate(x, sh[:1], sc, cu)
     with pytest.raises(ValueError, match="cu_seqlens"):
         adaln_modulate(x, sh, sc, _cu([3, 3]))
+
+
+# --------------------------------------------------------------------------------- patch embed
+
+PATCH_CASES = [  # token grids per sample, patch, channels, D, dtype
+    ([(1, 1, 1), (3, 2, 5), (1, 4, 3), (2, 3, 7)], (1, 2, 2), 4, 40, torch.float32),   # P=16
+    ([(2, 1, 3), (0, 2, 2), (1, 2, 1)], (2, 1, 3), 3, 24, torch.float32),             # P=18 (not pow2), empty
+    ([(1, 3, 3), (2, 2, 5)], (1, 2, 2), 5, 64, torch.bfloat16),                        # P=20
+    ([(3, 2, 2)], (1, 2, 2), 4, 32, torch.float16),
+]
+
+
+@pytest.mark.parametrize("grids,patch,channels,d,dtype", PATCH_CASES)
+def test_patch_embed_and_inverse_match_reference(grids, patch, channels, d, dtype):
+    import torch.nn.functional as F
+
+    from kernels.patch_embed import patch_embed, patch_unembed, patchify_packed, unpatchify_packed
+    cu, grid = _packing(grids)
+    p = channels * patch[0] * patch[1] * patch[2]
+    n = int(cu[-1])
+    lat, x = torch.randn(n * p, dtype=dtype), torch.randn(n, d, dtype=dtype)
+    w, b = torch.randn(d, p, dtype=dtype) / p ** 0.5, torch.randn(d, dtype=dtype)
+    w2, b2 = torch.randn(p, d, dtype=dtype) / d ** 0.5, torch.randn(p, dtype=dtype)
+    g_tok, g_lat = torch.randn(n, d, dtype=dtype), torch.randn(n * p, dtype=dtype)
+
+    def ref_embed(lat, w, b):
+        return F.linear(patchify_packed_torch(lat, cu, grid, patch, channels), w, b)
+
+    def ref_unembed(x, w2, b2):
+        return unpatchify_packed_torch(F.linear(x, w2, b2), cu, grid, patch, channels)
+
+    def tri_embed(lat, w, b):
+        return patch_embed(lat, cu, grid, patch, channels, w, b)
+
+    def tri_unembed(x, w2, b2):
+        return patch_unembed(x, cu, grid, patch, channels, w2, b2)
+
+    for what, (tri, ref, ins, g) in {"embed": (tri_embed, ref_embed, (lat, w, b), g_tok),
+                                     "unembed": (tri_unembed, ref_unembed, (x, w2, b2), g_lat)}.items():
+        outs = {}
+        for name, dt, fn in (("triton", dtype, tri), ("ref", dtype, ref), ("ref64", torch.float64, ref)):
+            xs = [t.detach().to(dt).requires_grad_() for t in ins]
+            y = fn(*xs)
+            outs[name] = (y, *torch.autograd.grad(y, xs, g.to(dt)))
+        for i, part in enumerate(("out", "d_in", "d_weight", "d_bias")):
+            _check(f"{what} {part}", outs["triton"][i], outs["ref"][i], outs["ref64"][i], dtype)
+    # the plain copies: exact permutations, each other's inverse
+    toks = patchify_packed(lat, cu, grid, patch, channels)
+    assert torch.equal(toks, patchify_packed_torch(lat, cu, grid, patch, channels))
+    assert torch.equal(unpatchify_packed(toks, cu, grid, patch, channels), lat)
+
+
+def test_patch_embed_bad_input():
+    from kernels.patch_embed import patch_embed, patch_unembed
+    cu, grid = _packing([(1, 2, 2)])
+    lat, w = torch.randn(4 * 16), torch.randn(8, 16)
+    with pytest.raises(ValueError, match="weight"):
+        patch_embed(lat, cu, grid, (1, 2, 2), 4, torch.randn(8, 12))
+    with pytest.raises(ValueError, match="dtype"):
+        patch_embed(lat, cu, grid, (1, 2, 2), 4, w.double())
+    with pytest.raises(ValueError, match="grid"):
+        patch_embed(lat, cu, grid.long(), (1, 2, 2), 4, w)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        patch_unembed(torch.randn(5, 8), cu, grid, (1, 2, 2), 4, w.t().contiguous())
+
+
+def test_patch_ops_dispatch_to_triton():
+    from sora.ops import patch_embed as pe_op
+    from sora.ops import patchify as pf_op
+    cu, grid = _packing([(1, 2, 2), (2, 1, 3)])
+    lat = torch.randn(int(cu[-1]) * 16, requires_grad=True)
+    toks = pf_op.PATCHIFY_IMPLEMENTATIONS["triton"](lat, cu, grid, (1, 2, 2), 4)
+    assert torch.equal(toks, patchify_packed_torch(lat.detach(), cu, grid, (1, 2, 2), 4))
+    g = torch.randn_like(toks)
+    (dlat,) = torch.autograd.grad(toks, lat, g)                               # adjoint = unpatchify
+    assert torch.equal(dlat, unpatchify_packed_torch(g, cu, grid, (1, 2, 2), 4))
+    back = pf_op.UNPATCHIFY_IMPLEMENTATIONS["triton"](toks.detach(), cu, grid, (1, 2, 2), 4)
+    assert torch.equal(back, lat.detach())
+    w, b = torch.randn(8, 16), torch.randn(8)
+    got = pe_op.IMPLEMENTATIONS["triton"](lat.detach(), cu, grid, (1, 2, 2), 4, w, b)
+    ref = pe_op.IMPLEMENTATIONS["torch"](lat.detach().double(), cu, grid, (1, 2, 2), 4, w.double(), b.double())
+    assert _rel(got, ref) < FP32_BOUND
+    got = pe_op.INVERSE_IMPLEMENTATIONS["triton"](got, cu, grid, (1, 2, 2), 4, w.t().contiguous(), None)
+    ref = pe_op.INVERSE_IMPLEMENTATIONS["torch"](ref, cu, grid, (1, 2, 2), 4, w.t().double(), None)
+    assert _rel(got, ref) < FP32_BOUND

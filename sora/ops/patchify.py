@@ -87,7 +87,23 @@ def _ext_patch(backend: str, inverse: bool):
     return _ext.for_backend(backend, run)
 
 
+def _triton_patch(inverse: bool):
+    def run(x, cu_seqlens, grid, patch, channels):
+        # imported at first use: Triton fixes interpreted-or-compiled then
+        from kernels.patch_embed import patchify_packed, unpatchify_packed
+        kernel, adjoint = (unpatchify_packed, patchify_packed) if inverse else (patchify_packed, unpatchify_packed)
+        return PackedPatchFunction.apply(x, cu_seqlens, grid, patch, channels, kernel, adjoint)
+    try:  # registered only where Triton imports (on CPU it runs only under TRITON_INTERPRET=1)
+        import triton  # noqa: F401
+    except ImportError:
+        return None
+    run.__name__ = f"{'unpatchify' if inverse else 'patchify'}_packed_triton"
+    return run
+
+
 PATCHIFY_IMPLEMENTATIONS = {"torch": patchify_packed_torch,
-                            "cpp": _ext_patch("cpp", False), "cuda": _ext_patch("cuda", False)}
+                            "cpp": _ext_patch("cpp", False), "cuda": _ext_patch("cuda", False),
+                            "triton": _triton_patch(False)}
 UNPATCHIFY_IMPLEMENTATIONS = {"torch": unpatchify_packed_torch,
-                              "cpp": _ext_patch("cpp", True), "cuda": _ext_patch("cuda", True)}
+                              "cpp": _ext_patch("cpp", True), "cuda": _ext_patch("cuda", True),
+                              "triton": _triton_patch(True)}
