@@ -84,9 +84,10 @@ void check_packing_values(const at::Tensor& cu_in, const at::Tensor& grid_in, in
   const int32_t* g = grid.data_ptr<int32_t>();
   const int64_t B = cu.size(0) - 1;
   TORCH_CHECK(c[0] == 0, "cu_seqlens must start at 0; got cu_seqlens[0] = ", c[0]);
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = 0; b < B; ++b)
     TORCH_CHECK(c[b + 1] >= c[b], "cu_seqlens must be non-decreasing; cu_seqlens[", b + 1, "] = ", c[b + 1],
                 " < cu_seqlens[", b, "] = ", c[b]);
+  for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(g[3 * b] >= 0 && g[3 * b + 1] >= 0 && g[3 * b + 2] >= 0, "grid[", b,
                 "] must be non-negative; got (", g[3 * b], ", ", g[3 * b + 1], ", ", g[3 * b + 2], ")");
     const int64_t prod = int64_t(g[3 * b]) * g[3 * b + 1] * g[3 * b + 2];
