@@ -24,7 +24,7 @@ def _slurm(*argv: str) -> subprocess.CompletedProcess:
 
 
 def job_info(job_id: str) -> dict[str, str] | None:
-    """`scontrol show job` as a dict (JobState, RestartCnt, ExitCode, Reason, ...), None if Slurm forgot it."""
+    """`scontrol show job` as a dict (JobState, Restarts, ExitCode, Reason, ...), None if Slurm forgot it."""
     r = _slurm("scontrol", "show", "job", "-o", job_id)
     if r.returncode != 0:
         if "Invalid job id" in r.stderr:
@@ -73,7 +73,7 @@ def status(run_dir: str | Path) -> str:
         state = info.get("JobState", "?")
         reason = info.get("Reason", "None")
         lines.append(f"state     {state}" + (f" ({reason})" if reason not in ("None", "(null)") else ""))
-        lines.append(f"restarts  {info.get('RestartCnt', '0')}")
+        lines.append(f"restarts  {info.get('Restarts', '0')}")
         lines.append(f"exit code {info.get('ExitCode', '?')}")
         lines.append(f"nodes     {info.get('NumNodes', '?')} {info.get('NodeList', '')}".rstrip())
         lines.append(f"time      {info.get('RunTime', '?')} of {info.get('TimeLimit', '?')}")

@@ -21,10 +21,10 @@ export DEBIAN_FRONTEND=noninteractive
 policy=/usr/sbin/policy-rc.d
 made_policy=0
 if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; made_policy=1; fi
-trap '[ $made_policy = 1 ] && rm -f "$policy"' EXIT
+trap 'if [ $made_policy = 1 ]; then rm -f "$policy"; fi' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
 for b in "${need[@]}"; do
   command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || { echo "install_slurm.sh: $b still missing after install" >&2; exit 1; }
 done
-echo "install_slurm.sh: Slurm $(sbatch --version 2>/dev/null) installed" >&2
+echo "install_slurm.sh: installed Slurm $(dpkg-query -W -f '${Version}' slurm-client)" >&2

@@ -20,5 +20,6 @@ def _threads():
 
 def pytest_configure(config):
     for name, what in (("slow", "takes more than a few seconds"), ("distributed", "starts several ranks"),
-                       ("gpu", "needs a CUDA device")):
+                       ("gpu", "needs a CUDA device"),
+                       ("slurm", "starts a real single-node Slurm (tests/slurm_cluster.py)")):
         config.addinivalue_line("markers", f"{name}: {what}")

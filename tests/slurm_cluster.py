@@ -177,9 +177,6 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        # slurmstepd processes of a job outlive slurmd; they are our children's children, in their sessions
-        for pidfile in (self.root / "spool").glob("**/*.pid"):
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -187,9 +184,11 @@ if __name__ == "__main__":
     reason = unavailable_reason()
     if reason:
         sys.exit(reason)
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
     cluster = SlurmCluster(sys.argv[1] if len(sys.argv) > 1 else None).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # after start: children would inherit the mask
     print(f"export SLURM_CONF={cluster.conf}", flush=True)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop_signals)
     finally:
         cluster.stop()

@@ -389,7 +389,7 @@ def test_status_cancel_logs_with_fake_slurm(tmp_path, monkeypatch, capsys):
     (run / "rank-logs" / "rank-1.log").write_text("rank one\n")
     (run / "metrics.jsonl").write_text('{"step": 9, "loss": 0.5}\n')
     bin_dir = _fake_bin(tmp_path, "scontrol",
-                        'echo "JobId=77 JobName=sora-train JobState=RUNNING Reason=None RestartCnt=2 '
+                        'echo "JobId=77 JobName=sora-train JobState=RUNNING Reason=None Restarts=2 '
                         'ExitCode=0:0 RunTime=00:01:00 TimeLimit=00:10:00 NumNodes=1 NodeList=vm"\n')
     _fake_bin(tmp_path, "scancel", f'echo "$@" > {tmp_path}/scancel_args\n')
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")

@@ -1,0 +1,173 @@
+"""sora-launch against a real single-node Slurm that this module starts (tests/slurm_cluster.py).
+
+A 2-rank job (torchrun + gloo, the stand-in trainer tests/standin_trainer.py) is submitted with
+`sora-launch slurm`, signalled like a preemption (`scancel --signal=USR1 --batch`), checkpoints, exits
+75, requeues itself, resumes from its checkpoint and finishes with every step logged exactly once.
+Then: a diverged run (76) is not requeued, the restart limit stops requeueing, an unknown partition is
+refused before submitting, and status / logs / cancel work on real jobs.
+
+Skips (saying why) only where Slurm cannot be installed: not root, or no apt-get. On a root machine
+with apt-get, `make test` installs Slurm (scripts/install_slurm.sh); if it is still missing, these fail.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher import cli
+from tests.slurm_cluster import BINARIES, SlurmCluster, _which, unavailable_reason
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+TESTS = Path(__file__).parent
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = unavailable_reason()
+    if reason:
+        print(f"\nskipping the real-Slurm tests: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    missing = [b for b in BINARIES if _which(b) is None]
+    if missing:
+        pytest.fail(f"Slurm is not installed ({', '.join(missing)} missing) although this machine could "
+                    f"install it: run `bash scripts/install_slurm.sh` (`make test` does)", pytrace=False)
+    c = SlurmCluster()
+    saved = os.environ.get("SLURM_CONF")
+    try:
+        c.start()
+        os.environ["SLURM_CONF"] = str(c.conf)  # for sora-launch's own sbatch / scontrol / sinfo calls
+        yield c
+    except RuntimeError as e:
+        pytest.fail(f"could not start the test Slurm cluster: {e}", pytrace=False)
+    finally:
+        if saved is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = saved
+        c.stop()
+
+
+def submit(run: Path, *trainer_args: str, extra: tuple[str, ...] = ()) -> str:
+    argv = ["slurm", "--nodes", "1", "--gpus-per-node", "0", "--nproc-per-node", "2", "--partition", "debug",
+            "--time", "10:00", "--signal-seconds", "60", "--job-name", run.name, "--python", sys.executable,
+            "--module", "standin_trainer", "--env", f"PYTHONPATH={TESTS}{os.pathsep}{TESTS.parent}",
+            "--env", "OMP_NUM_THREADS=1", "--output-dir", str(run), *extra,
+            "--", "train", str(run), str(STEPS), *trainer_args]
+    assert cli.main(argv) == 0
+    return (run / "slurm_job_id").read_text().strip()
+
+
+def job(job_id: str) -> dict:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True)
+    return dict(t.split("=", 1) for t in out.stdout.split() if "=" in t)
+
+
+def wait_for(what, ok, timeout, cluster, run=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = ok()
+        if value:
+            return value
+        time.sleep(0.25)
+    logs = ""
+    if run is not None:
+        for p in sorted(run.glob("slurm-*.out")) + sorted(run.glob("rank-logs/*")):
+            logs += f"\n--- {p}\n" + p.read_text(errors="replace")[-3000:]
+    pytest.fail(f"timed out after {timeout} s waiting for {what}{logs}\n{cluster.logs_tail(15)}", pytrace=False)
+
+
+def steps(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def finished(job_id: str) -> str | None:
+    state = job(job_id)["JobState"]
+    return state if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") else None
+
+
+def test_preempt_requeue_resume_finish(cluster, tmp_path, capsys):
+    """The whole preemption cycle on a real Slurm: signal, checkpoint, exit 75, requeue, resume, finish."""
+    t0 = time.monotonic()
+    run = tmp_path / "run"
+    job_id = submit(run)
+    assert capsys.readouterr().out.strip() == job_id  # the id is printed, and recorded in the run dir
+    wait_for("step 8 of the first start", lambda: len(steps(run)) >= 8, 60, cluster, run)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)  # as Slurm before a time limit
+    assert wait_for("the job to finish", lambda: finished(job_id), 90, cluster, run) == "COMPLETED"
+
+    info = job(job_id)
+    assert info["Restarts"] == "1" and info["ExitCode"] == "0:0"
+    records = steps(run)
+    assert [r["step"] for r in records] == list(range(STEPS))  # every step exactly once across the restart
+    assert all(r["world"] == 2 for r in records)
+    first = [r["step"] for r in records if r["restart"] == 0]
+    second = [r["step"] for r in records if r["restart"] == 1]
+    assert first and second and second[0] == first[-1] + 1
+    batch = (run / f"slurm-{job_id}.out").read_text()
+    assert "caught USR1" in batch and "rank exit codes: 75" in batch and f"requeueing job {job_id}" in batch
+    assert "restart 1/20" in batch and "finished" in batch
+    for rank in (0, 1):
+        log = (run / "rank-logs" / f"rank-{rank}.log").read_text()
+        assert "resumed from step 0" in log and f"resumed from step {second[0]}" in log
+        assert log.count("got SIGUSR1") == 1  # delivered once, not once per process layer
+        assert f"exiting 75" in log and "finished 30 steps" in log
+    assert (run / "checkpoints" / "newest").read_text().strip() == f"step-{STEPS}"
+
+    assert cli.main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"job       {job_id}" in out and "state     COMPLETED" in out and "restarts  1" in out
+    assert f"last logged step   {STEPS - 1}" in out
+    assert cli.main(["logs", str(run), "-n", "1"]) == 0
+    assert capsys.readouterr().out.strip() == "finished"
+    assert cli.main(["logs", str(run), "--rank", "1", "-n", "1"]) == 0
+    assert capsys.readouterr().out.strip() == "==== rank 1 exited with 0"
+    print(f"preempt/requeue/resume cycle: {time.monotonic() - t0:.1f} s", file=sys.stderr)
+
+
+def test_diverged_and_restart_limit_are_not_requeued(cluster, tmp_path):
+    diverged, limited = tmp_path / "diverged", tmp_path / "limited"
+    diverged_id = submit(diverged, "--diverge-at", "3")
+    limited_id = submit(limited, extra=("--max-restarts", "0"))
+    wait_for("the second job's step 3", lambda: len(steps(limited)) >= 3, 60, cluster, limited)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", limited_id], check=True)
+    for job_id, run in ((diverged_id, diverged), (limited_id, limited)):
+        wait_for(f"job {job_id} to end", lambda: finished(job_id), 60, cluster, run)
+    info = job(diverged_id)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "76:0", "0")
+    assert "diverged (76): not requeueing" in (diverged / f"slurm-{diverged_id}.out").read_text()
+    info = job(limited_id)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("FAILED", "75:0", "0")
+    assert "reached the limit 0: not requeueing" in (limited / f"slurm-{limited_id}.out").read_text()
+
+
+def test_cancel_and_bad_input_against_the_cluster(cluster, tmp_path, capsys):
+    run = tmp_path / "cancel"
+    job_id = submit(run, "--step-time", "5")
+    wait_for("the job to run", lambda: job(job_id)["JobState"] == "RUNNING", 30, cluster, run)
+    assert cli.main(["status", str(run)]) == 0
+    assert "state     RUNNING" in capsys.readouterr().out
+    assert cli.main(["cancel", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == f"cancelled job {job_id}"
+    assert wait_for("the cancel", lambda: finished(job_id), 30, cluster, run) == "CANCELLED"
+
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    bad = tmp_path / "bad"
+    for extra, message in [(("--partition", "nope"), "unknown partition 'nope' (this cluster has: debug)"),
+                           (("--time", "1:2:3:4"), "bad time limit '1:2:3:4'")]:
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["slurm", "--nodes", "1", "--gpus-per-node", "0", "--nproc-per-node", "1", *extra,
+                      "--output-dir", str(bad), "--module", "standin_trainer", "train", str(bad), "1"])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["slurm", "--nodes", "1", "--gpus-per-node", "1", "train", str(tmp_path / "missing.yaml")])
+    assert "not found" in capsys.readouterr().err
+    assert not bad.exists()
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == before
