@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PYTEST  ?= -q
 export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || echo cpu)
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup slurm demo test test-fast clean
 
 # torch first, as the CPU build on machines without an NVIDIA driver (a plain `torch` requirement
 # would pull a multi-GB CUDA build); DeepSpeed without build isolation so it builds against that torch.
@@ -24,7 +24,12 @@ setup: $(STAMP)
 demo: setup
 	bash scripts/demo.sh
 
-test: setup
+# Slurm + munge for the real-Slurm launcher tests (tests/test_launcher_slurm.py): installed with apt-get
+# when missing and we are root; otherwise the script says why and those tests skip with that reason.
+slurm:
+	bash scripts/install_slurm.sh
+
+test: setup slurm
 	$(PY) -m pytest $(PYTEST) tests
 
 test-fast: setup
