@@ -315,3 +315,13 @@ def test_opcheck_fake_kernels():
     opcheck(torch.ops.sora.patchify.default, (torch.randn(n * 8), cu, grid, [1, 2, 2], 2))
     opcheck(torch.ops.sora.unpatchify.default, (torch.randn(n, 8), cu, grid, [1, 2, 2], 2))
     opcheck(torch.ops.sora.packing_index.default, (cu, grid, n))
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_packing_index_dispatch(device):
+    from sora.ops import packing_index as pi
+    cu, grid = packing(GRIDS, device)
+    sid, pos = pi.IMPLEMENTATIONS[BACKEND[device]](cu, grid)
+    rsid, rpos = pi.IMPLEMENTATIONS["torch"](cu, grid)
+    assert torch.equal(sid, rsid) and torch.equal(pos, rpos)

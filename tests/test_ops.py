@@ -170,7 +170,10 @@ def test_adaln_matches_per_sample(lens):
 
 
 def test_backend_resolution(monkeypatch):
-    assert select_kernels().names == {"attention": "torch", "rope": "torch", "adaln": "torch"}
+    from sora.ops import _ext
+    # auto on CPU: the compiled C++ RoPE when sora._C is built (tests/test_csrc.py), else the reference
+    assert select_kernels().names == {"attention": "torch", "rope": "cpp" if _ext.AVAILABLE else "torch",
+                                      "adaln": "torch"}
     monkeypatch.setenv("SORA_KERNEL_BACKEND", "torch")
     assert select_kernels(configured="auto").names["rope"] == "torch"
     with pytest.raises(BackendUnavailable, match="triton"):

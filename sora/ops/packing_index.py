@@ -45,3 +45,24 @@ def token_positions(cu_seqlens: torch.Tensor, grid: torch.Tensor, offset: torch.
     h = (local % hw) // g[:, 2]
     w = local % g[:, 2]
     return torch.stack([t, h, w], dim=1)
+
+
+def packing_index_torch(cu_seqlens: torch.Tensor, grid: torch.Tensor, total: int | None = None):
+    """(sample id [N] int64, (t, h, w) [N, 3] int64) of every token: the reference pair."""
+    total = int(cu_seqlens[-1]) if total is None else total
+    return sample_index(cu_seqlens, total), token_positions(cu_seqlens, grid)
+
+
+def _ext_packing_index(backend: str):
+    from sora.ops import _ext
+
+    def packing_index(cu_seqlens: torch.Tensor, grid: torch.Tensor, total: int | None = None):
+        _ext.backend_for(cu_seqlens, backend)
+        total = int(cu_seqlens[-1]) if total is None else total
+        return _ext.ops().packing_index(cu_seqlens, grid, total)
+    packing_index.__name__ = f"packing_index_{backend}"
+    return _ext.for_backend(backend, packing_index)
+
+
+# No gradient flows through integer indices, so no autograd.Function here.
+IMPLEMENTATIONS = {"torch": packing_index_torch, "cpp": _ext_packing_index("cpp"), "cuda": _ext_packing_index("cuda")}
