@@ -40,9 +40,11 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, lo, hi,
         cols = start_n + offs_n                                                # [BLOCK_N]
         if MASK:
             ld = (cols[:, None] < k_len) & d_ok
+            k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=ld, other=0.0)  # [BN, BD]
+        elif HEAD_DIM == BLOCK_D:  # interior block, power-of-two head dim: no mask at all
+            k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :])
         else:
-            ld = d_ok
-        k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=ld, other=0.0)  # [BN, BD]
+            k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=d_ok, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale      # [BM, BN], log2 units
         if MASK:
             ok = cols[None, :] < k_len
@@ -54,7 +56,12 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, lo, hi,
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=ld, other=0.0)  # [BN, BD]
+        if MASK:
+            v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=ld, other=0.0)  # [BN, BD]
+        elif HEAD_DIM == BLOCK_D:
+            v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :])
+        else:
+            v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=d_ok, other=0.0)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
         m_i = m_new
     return acc, l_i, m_i

@@ -48,7 +48,7 @@ def _embed_kernel(LAT, W, B, OUT, CU, GRID, n_tokens, n_samples, D, stride_wd, s
                   HAS_BIAS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr,
                   PW: tl.constexpr, DOT_PREC: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    P: tl.constexpr = C * PT * PH * PW
+    P = C * PT * PH * PW  # constexpr
     tok = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     t_ok = tok < n_tokens
@@ -73,7 +73,7 @@ def _unembed_kernel(X, W, B, LAT, CU, GRID, n_tokens, n_samples, D, stride_x, st
                     HAS_BIAS: tl.constexpr, C: tl.constexpr, PT: tl.constexpr, PH: tl.constexpr,
                     PW: tl.constexpr, DOT_PREC: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    P: tl.constexpr = C * PT * PH * PW
+    P = C * PT * PH * PW  # constexpr
     tok = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     t_ok = tok < n_tokens
@@ -97,7 +97,7 @@ def _unembed_kernel(X, W, B, LAT, CU, GRID, n_tokens, n_samples, D, stride_x, st
 def _gather_kernel(LAT, OUT, CU, GRID, n_tokens, n_samples, C: tl.constexpr, PT: tl.constexpr,
                    PH: tl.constexpr, PW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Plain packed patchify: OUT[N, P] = gather(LAT); also the adjoint of the scatter."""
-    P: tl.constexpr = C * PT * PH * PW
+    P = C * PT * PH * PW  # constexpr
     tok = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     m = (tok < n_tokens)[:, None] & (kk < P)[None, :]
@@ -109,7 +109,7 @@ def _gather_kernel(LAT, OUT, CU, GRID, n_tokens, n_samples, C: tl.constexpr, PT:
 def _scatter_kernel(TOK, LAT, CU, GRID, n_tokens, n_samples, C: tl.constexpr, PT: tl.constexpr,
                     PH: tl.constexpr, PW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Plain packed unpatchify: LAT = scatter(TOK[N, P]) (a permutation: no two tokens collide)."""
-    P: tl.constexpr = C * PT * PH * PW
+    P = C * PT * PH * PW  # constexpr
     tok = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     kk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     m = (tok < n_tokens)[:, None] & (kk < P)[None, :]

@@ -85,6 +85,15 @@ def _cu(lens, device="cpu"):
     return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
 
 
+_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def _on_devices(cpu_cases, gpu_cases):
+    """The small cases on the CPU (interpreter), bigger ones on a GPU (`pytest -m gpu`)."""
+    return ([pytest.param(*c, "cpu") for c in cpu_cases] +
+            [pytest.param(*c, "cuda", marks=_GPU) for c in gpu_cases])
+
+
 # --------------------------------------------------------------------------------- attention
 
 ATTN_CASES = [  # q lengths, k lengths, H, Hkv, D, causal, dtype
@@ -99,17 +108,26 @@ ATTN_CASES = [  # q lengths, k lengths, H, Hkv, D, causal, dtype
 ]
 
 
-def _attn_inputs(lq, lk, h, hkv, d, dtype):
+GPU_ATTN_CASES = [
+    ([1, 127, 129, 1000, 3, 2048], None, 8, 2, 128, False, torch.bfloat16),
+    ([1, 127, 129, 1000, 3, 2048], None, 8, 8, 64, True, torch.float16),
+    ([300, 17, 1500], [77, 120, 1], 6, 3, 72, False, torch.bfloat16),
+    ([517, 64], [1000, 33], 4, 1, 96, True, torch.bfloat16),
+    ([129, 1000], None, 2, 2, 40, False, torch.float32),
+]
+
+
+def _attn_inputs(lq, lk, h, hkv, d, dtype, device="cpu"):
     lk = lq if lk is None else lk
-    q = torch.randn(sum(lq), h, d, dtype=dtype)
-    k = torch.randn(sum(lk), hkv, d, dtype=dtype)
-    v = torch.randn(sum(lk), hkv, d, dtype=dtype)
-    return q, k, v, _cu(lq), _cu(lk), max(lq), max(lk)
+    q = torch.randn(sum(lq), h, d, dtype=dtype, device=device)
+    k = torch.randn(sum(lk), hkv, d, dtype=dtype, device=device)
+    v = torch.randn(sum(lk), hkv, d, dtype=dtype, device=device)
+    return q, k, v, _cu(lq, device), _cu(lk, device), max(lq), max(lk)
 
 
-@pytest.mark.parametrize("lq,lk,h,hkv,d,causal,dtype", ATTN_CASES)
-def test_flash_attn_matches_reference(lq, lk, h, hkv, d, causal, dtype):
-    q, k, v, cq, ck, mq, mk = _attn_inputs(lq, lk, h, hkv, d, dtype)
+@pytest.mark.parametrize("lq,lk,h,hkv,d,causal,dtype,device", _on_devices(ATTN_CASES, GPU_ATTN_CASES))
+def test_flash_attn_matches_reference(lq, lk, h, hkv, d, causal, dtype, device):
+    q, k, v, cq, ck, mq, mk = _attn_inputs(lq, lk, h, hkv, d, dtype, device)
     dout = torch.randn_like(q)
     scale = 0.7 / math.sqrt(d)
     outs = {}
@@ -174,9 +192,9 @@ def test_dispatch_registers_triton_attention_and_auto_stays_on_reference_on_cpu(
 
 # ---------------------------------------------------------------------------------------- rope
 
-def _packing(grids):
+def _packing(grids, device="cpu"):
     grid = torch.tensor(grids, dtype=torch.int32).reshape(-1, 3)
-    return _cu(grid.long().prod(1).tolist()), grid
+    return _cu(grid.long().prod(1).tolist(), device), grid.to(device)
 
 
 def _interleave_ref(x, cu, grid, sections, theta):
@@ -185,7 +203,7 @@ def _interleave_ref(x, cu, grid, sections, theta):
     for d in sections:
         perm += list(range(start, start + d, 2)) + list(range(start + 1, start + d, 2))
         start += d
-    perm = torch.tensor(perm)
+    perm = torch.tensor(perm, device=x.device)
     y = apply_rope_torch(x[..., perm], cu, grid, sections, theta)
     return torch.empty_like(y).index_copy_(-1, perm, y)
 
@@ -198,12 +216,19 @@ ROPE_CASES = [  # grids (T', H', W') per sample, heads, k heads, sections, theta
 ]
 
 
-@pytest.mark.parametrize("grids,h,hk,sections,theta,interleaved,dtype", ROPE_CASES)
-def test_rope_matches_reference(grids, h, hk, sections, theta, interleaved, dtype):
+GPU_ROPE_CASES = [
+    ([(1, 1, 1), (9, 16, 30), (1, 45, 80), (5, 3, 2)], 16, 4, (16, 56, 56), 10000.0, False, torch.bfloat16),
+    ([(13, 30, 40), (1, 2, 3)], 12, 12, (32, 48, 48), 10000.0, True, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("grids,h,hk,sections,theta,interleaved,dtype,device",
+                         _on_devices(ROPE_CASES, GPU_ROPE_CASES))
+def test_rope_matches_reference(grids, h, hk, sections, theta, interleaved, dtype, device):
     from kernels.rope import rope_3d, rope_3d_qk
-    cu, grid = _packing(grids)
+    cu, grid = _packing(grids, device)
     n, d = int(cu[-1]), sum(sections)
-    q, k = torch.randn(n, h, d, dtype=dtype), torch.randn(n, hk, d, dtype=dtype)
+    q, k = torch.randn(n, h, d, dtype=dtype, device=device), torch.randn(n, hk, d, dtype=dtype, device=device)
     ref = _interleave_ref if interleaved else (lambda x, *a: apply_rope_torch(x, *a))
     qo, ko = rope_3d_qk(q, k, cu, grid, sections, theta, interleaved=interleaved)
     for got, x in ((qo, q), (ko, k)):
@@ -211,7 +236,7 @@ def test_rope_matches_reference(grids, h, hk, sections, theta, interleaved, dtyp
     # the backward (inverse rotation) undoes the forward; alone it equals the reference's vjp
     back = rope_3d(qo, cu, grid, sections, theta, inverse=True, interleaved=interleaved)
     _check("rope inverse o rope", back, q, q.double(), torch.float32 if dtype == torch.float32 else dtype)
-    g = torch.randn(n, h, d, dtype=torch.float64)
+    g = torch.randn(n, h, d, dtype=torch.float64, device=device)
     x64 = q.double().requires_grad_()
     (vjp,) = torch.autograd.grad(ref(x64, cu, grid, sections, theta), x64, g)
     got = rope_3d(g.to(dtype), cu, grid, sections, theta, inverse=True, interleaved=interleaved)
@@ -258,12 +283,20 @@ ADALN_CASES = [  # sample lengths, D, dtype
 ]
 
 
-@pytest.mark.parametrize("lens,d,dtype", ADALN_CASES)
-def test_adaln_matches_reference(lens, d, dtype):
+GPU_ADALN_CASES = [
+    ([1, 17, 0, 4000, 129, 9000], 1152, torch.bfloat16),
+    ([3] * 200 + [5000], 3072, torch.bfloat16),
+    ([1000, 2000], 1536, torch.float32),
+]
+
+
+@pytest.mark.parametrize("lens,d,dtype,device", _on_devices(ADALN_CASES, GPU_ADALN_CASES))
+def test_adaln_matches_reference(lens, d, dtype, device):
     from kernels.adaln import adaln_modulate
-    cu = _cu(lens)
-    x = torch.randn(sum(lens), d, dtype=dtype) * 2 + 0.5
-    shift, scale = torch.randn(len(lens), d, dtype=dtype), torch.randn(len(lens), d, dtype=dtype) * 0.5
+    cu = _cu(lens, device)
+    x = torch.randn(sum(lens), d, dtype=dtype, device=device) * 2 + 0.5
+    shift = torch.randn(len(lens), d, dtype=dtype, device=device)
+    scale = torch.randn(len(lens), d, dtype=dtype, device=device) * 0.5
     dy = torch.randn_like(x)
     outs = {}
     for name, dt, fn in (("triton", dtype, adaln_modulate), ("ref", dtype, adaln_modulate_torch),
@@ -299,18 +332,25 @@ PATCH_CASES = [  # token grids per sample, patch, channels, D, dtype
 ]
 
 
-@pytest.mark.parametrize("grids,patch,channels,d,dtype", PATCH_CASES)
-def test_patch_embed_and_inverse_match_reference(grids, patch, channels, d, dtype):
+GPU_PATCH_CASES = [
+    ([(1, 16, 16), (9, 30, 40), (5, 23, 17)], (1, 2, 2), 16, 1152, torch.bfloat16),
+    ([(2, 8, 8), (4, 12, 20)], (2, 2, 2), 16, 1536, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("grids,patch,channels,d,dtype,device", _on_devices(PATCH_CASES, GPU_PATCH_CASES))
+def test_patch_embed_and_inverse_match_reference(grids, patch, channels, d, dtype, device):
     import torch.nn.functional as F
 
     from kernels.patch_embed import patch_embed, patch_unembed, patchify_packed, unpatchify_packed
-    cu, grid = _packing(grids)
+    cu, grid = _packing(grids, device)
     p = channels * patch[0] * patch[1] * patch[2]
     n = int(cu[-1])
-    lat, x = torch.randn(n * p, dtype=dtype), torch.randn(n, d, dtype=dtype)
-    w, b = torch.randn(d, p, dtype=dtype) / p ** 0.5, torch.randn(d, dtype=dtype)
-    w2, b2 = torch.randn(p, d, dtype=dtype) / d ** 0.5, torch.randn(p, dtype=dtype)
-    g_tok, g_lat = torch.randn(n, d, dtype=dtype), torch.randn(n * p, dtype=dtype)
+    kw = dict(dtype=dtype, device=device)
+    lat, x = torch.randn(n * p, **kw), torch.randn(n, d, **kw)
+    w, b = torch.randn(d, p, **kw) / p ** 0.5, torch.randn(d, **kw)
+    w2, b2 = torch.randn(p, d, **kw) / d ** 0.5, torch.randn(p, **kw)
+    g_tok, g_lat = torch.randn(n, d, **kw), torch.randn(n * p, **kw)
 
     def ref_embed(lat, w, b):
         return F.linear(patchify_packed_torch(lat, cu, grid, patch, channels), w, b)
@@ -372,3 +412,33 @@ def test_patch_ops_dispatch_to_triton():
     got = pe_op.INVERSE_IMPLEMENTATIONS["triton"](got, cu, grid, (1, 2, 2), 4, w.t().contiguous(), None)
     ref = pe_op.INVERSE_IMPLEMENTATIONS["torch"](ref, cu, grid, (1, 2, 2), 4, w.t().double(), None)
     assert _rel(got, ref) < FP32_BOUND
+
+
+# ------------------------------------------------------------------------------ model-level
+
+def test_tiny_dit_triton_backend_matches_torch_backend():
+    """Every op of a tiny DiT on the Triton backend: outputs and all gradients match the torch backend."""
+    from sora.models.dit import DiT
+    torch.manual_seed(torch.randint(0, 2**31 - 1, ()).item())  # fresh, but both models share weights
+    models = {name: DiT(in_dim=16, width=64, depth=1, heads=2, text_dim=24, backend=name)
+              for name in ("torch", "triton")}
+    assert set(models["triton"].kernels.names.values()) == {"triton"}
+    with torch.no_grad():  # random everywhere, zero-initialised gates and final layer included
+        for p in models["torch"].parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    models["triton"].load_state_dict(models["torch"].state_dict())
+    cu, grid = _packing([(1, 2, 3), (2, 3, 3), (1, 1, 1)])
+    cu_ctx = _cu([3, 5, 2])
+    n = int(cu[-1])
+    x, t, ctx = torch.randn(n, 16), torch.rand(3), torch.randn(10, 24)
+    g = torch.randn(n, 16)
+    res = {}
+    for name, m in models.items():
+        xi = x.clone().requires_grad_()
+        out = m(xi, cu, 18, grid, t, ctx, cu_ctx, 5)
+        grads = torch.autograd.grad(out, [xi, *m.parameters()], g)
+        res[name] = (out, grads)
+    assert _rel(res["triton"][0], res["torch"][0]) < 1e-5
+    names = ["x"] + [k for k, _ in models["torch"].named_parameters()]
+    for name, a, b in zip(names, res["triton"][1], res["torch"][1]):
+        assert _rel(a, b) < 1e-4, f"grad of {name}: {_rel(a, b):.2e}"
