@@ -47,7 +47,8 @@ def _extension():
         archs = [a.strip() for a in os.environ.get("SORA_CUDA_ARCHS", "80;90a").replace(",", ";").split(";")
                  if a.strip()]
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"] + gencode
+        # no --use_fast_math: RoPE needs accurate sincosf/powf for large positions
+        nvcc = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"] + gencode
         arch_token = "_".join(archs)
         ext = CUDAExtension(sources=sources + sorted(glob.glob("csrc/cuda/*.cu")),
                             define_macros=[("SORA_WITH_CUDA", None), ("SORA_CUDA_ARCHS", arch_token)],
@@ -79,9 +80,11 @@ setup(
         "tensorboard>=2.14",
     ],
     extras_require={
-        "test": ["pytest>=8", "transformers>=4.44"],   # transformers: the T5 loading test
+        # transformers / diffusers: the pretrained text-encoder and video-VAE loading tests
+        "test": ["pytest>=8", "transformers>=4.44", "diffusers>=0.33"],
         "flash": ["flash-attn>=2.6"],
         "t5": ["transformers>=4.44", "sentencepiece"],
+        "diffusers": ["diffusers>=0.33"],                 # vae.pretrained: Wan 2.1 / CogVideoX / HunyuanVideo VAEs
     },
     entry_points={"console_scripts": ["sora=sora.cli:main", "sora-launch=launcher.cli:main"]},
     ext_modules=_EXT_MODULES,

@@ -325,3 +325,19 @@ def test_packing_index_dispatch(device):
     sid, pos = pi.IMPLEMENTATIONS[BACKEND[device]](cu, grid)
     rsid, rpos = pi.IMPLEMENTATIONS["torch"](cu, grid)
     assert torch.equal(sid, rsid) and torch.equal(pos, rpos)
+
+
+@needs_ext
+def test_cpu_kernels_split_across_threads():
+    """at::parallel_for chunks start mid-sample and at empty samples: same answers on 2 threads."""
+    torch.set_num_threads(2)  # the autouse fixture sets 1 again for the next test
+    cu, grid = packing(GRIDS * 12 + [(0, 1, 1)] * 3 + [(1, 1, 1)])
+    n = int(cu[-1])
+    x = torch.randn(n, 4, 32)
+    assert rel(ROPE_IMPLEMENTATIONS["cpp"](x, cu, grid, (8, 12, 12), 100.0),
+               apply_rope_torch(x.double(), cu, grid, (8, 12, 12), 100.0)) < 1e-5
+    lat = torch.randn(n * 4 * 8)
+    assert torch.equal(PATCHIFY_IMPLEMENTATIONS["cpp"](lat, cu, grid, (2, 2, 2), 4),
+                       patchify_packed_torch(lat, cu, grid, (2, 2, 2), 4))
+    sid, pos = torch.ops.sora.packing_index(cu, grid, n)
+    assert torch.equal(sid, sample_index(cu, n)) and torch.equal(pos, token_positions(cu, grid))
