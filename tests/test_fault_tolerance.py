@@ -61,6 +61,11 @@ def metrics(run) -> dict[int, dict]:
     return out
 
 
+def _logged(run) -> bool:
+    p = Path(run) / "metrics.jsonl"
+    return p.is_file() and p.stat().st_size > 0
+
+
 def newest(run) -> str | None:
     p = Path(run) / "checkpoints" / "newest"
     return p.read_text().strip() if p.is_file() else None
@@ -115,7 +120,7 @@ def test_sigusr1_checkpoints_and_exits_75_then_resumes(world):
     proc = subprocess.Popen([sys.executable, "-m", "sora.cli", *dit_args(world, run, 40, "run.save_every=100")],
                             cwd=world, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not (run / "metrics.jsonl").is_file() and proc.poll() is None and time.time() < deadline:
+    while not _logged(run) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=300)
@@ -189,7 +194,7 @@ def test_a_killed_rank_stops_the_others_promptly(world):
            *dit_args(world, run, 400, "run.save_every=1000", "parallel.timeout_s=30")]
     proc = subprocess.Popen(cmd, cwd=world, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while not (run / "metrics.jsonl").is_file() and proc.poll() is None and time.time() < deadline:
+    while not _logged(run) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     pids = _rank_pids(proc.pid)
     assert set(pids) == {0, 1}, pids

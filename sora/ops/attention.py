@@ -37,9 +37,11 @@ def varlen_attention_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
         qs, qe, ks, ke = bq[b], bq[b + 1], bk[b], bk[b + 1]
         if qe == qs:
             continue
-        qb = q[qs:qe].transpose(0, 1)                       # [H, Lq, D]
-        kb = k[ks:ke].transpose(0, 1)                       # [H, Lk, D]
-        vb = v[ks:ke].transpose(0, 1)
+        # 4-D [1, H, L, D]: with 3-D inputs SDPA falls back to its math path on CPU, which keeps
+        # the [H, Lq, Lk] probabilities for backward (O(L^2) memory instead of O(L)).
+        qb = q[qs:qe].transpose(0, 1)[None]                 # [1, H, Lq, D]
+        kb = k[ks:ke].transpose(0, 1)[None]                 # [1, H, Lk, D]
+        vb = v[ks:ke].transpose(0, 1)[None]
         mask = None
         if causal:  # bottom-right aligned, as flash-attn
             lq, lk = qe - qs, ke - ks
@@ -47,7 +49,7 @@ def varlen_attention_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
             j = torch.arange(lk, device=q.device)[None, :]
             mask = j <= i + (lk - lq)
         ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p, scale=softmax_scale)
-        out[qs:qe] = ob.transpose(0, 1)
+        out[qs:qe] = ob[0].transpose(0, 1)
     return out
 
 

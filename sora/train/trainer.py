@@ -124,6 +124,7 @@ def train_dit(cfg: Config) -> Path:
     """Train, checkpointing every run.save_every steps; resumes from the newest checkpoint in
     run.dir. Raises faults.Preempted after checkpointing on SIGTERM/SIGUSR1, faults.Diverged after
     train.max_nonfinite_steps non-finite steps in a row."""
+    preempt = PreemptionFlag()   # first: a signal during start-up must not kill us before a checkpoint
     dims = init_distributed(cfg.parallel.sp, cfg.parallel.timeout_s)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -175,7 +176,6 @@ def train_dit(cfg: Config) -> Path:
     if dims.is_main:
         log.info("DiT %s: depth %d width %d, %d ranks (dp %d x sp %d), MFU peak: %s %.3g FLOP/s",
                  cfg.model.size, depth, width, dims.world, dims.dp, dims.sp, peak_source, peak)
-    preempt = PreemptionFlag()
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     nan_steps = injected_nan_steps()
     bar = tqdm(range(start, cfg.train.steps), desc="dit", disable=not dims.is_main, dynamic_ncols=True,
