@@ -37,6 +37,10 @@ class DataConfig:
     num_workers: int = 0
     shuffle_buffer: int = 256
     caption_dropout: float = 0.1       # replaced by the empty caption, for classifier-free guidance
+    format: str = "auto"               # raw (mp4/png shards) | latent (`sora preprocess` output) | auto (latents.json present)
+    fps: float = 0.0                   # > 0: take frames at about this rate (every round(fps_clip / fps)-th frame)
+    min_tokens_per_sample: int = 1     # smaller samples are skipped (counted as too_few_tokens)
+    image_ratio: float = -1.0          # share of images among samples; < 0: as they come in the shards
 
 
 @dataclass
@@ -47,6 +51,21 @@ class VAEConfig:
     ft: int = 2                        # temporal compression (T = 1 + ft*k)
     fh: int = 4                        # spatial compression (fh = fw)
     kl_weight: float = 1e-6
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    perceptual_weight: float = 0.0     # > 0: feature-space loss from a frozen conv net (sora/train/vae_losses.py)
+    perceptual_path: str = ""          # local safetensors of that net; empty: fixed random weights (no downloads)
+    adv_weight: float = 0.0            # > 0: patch discriminator (hinge loss)
+    adv_start: int = 0                 # step the discriminator starts training at
+    adv_warmup: int = 100              # steps over which the generator's adversarial weight ramps up after adv_start
+    disc_channels: int = 32
+    eval_split: str = "heldout"        # PSNR / SSIM on these clips (skipped when the split has no shards)
+    eval_clips: int = 32
+    eval_every: int = 100              # steps; the last step is always evaluated
+    chunk_frames: int = 0              # encode/decode long clips this many frames at a time (0: whole clip)
+    tile: int = 0                      # encode/decode large frames in tiles of this many pixels (0: whole frame)
+    tile_overlap: int = 0              # pixels of overlap between tiles, blended
+    pretrained: str = ""               # local diffusers VAE directory (AutoencoderKLWan / AutoencoderKLCogVideoX), for preprocess
 
 
 @dataclass
@@ -242,6 +261,17 @@ def validate(cfg: Config) -> None:
     _require(v.fh >= 1 and (v.fh & (v.fh - 1)) == 0, "vae.fh", f"spatial factor must be a power of two, got {v.fh}")
     _require(v.ft == 1 or (v.ft & (v.ft - 1)) == 0, "vae.ft", f"temporal factor must be a power of two, got {v.ft}")
     _require(v.latent_channels >= 1, "vae.latent_channels", "must be >= 1")
+    _require(v.tile == 0 or (v.tile % v.fh == 0 and v.tile_overlap % v.fh == 0 and 0 <= v.tile_overlap < v.tile),
+             "vae.tile", f"tile {v.tile} and tile_overlap {v.tile_overlap} must be multiples of fh={v.fh}, overlap < tile")
+    _require(v.chunk_frames >= 0 and v.chunk_frames % v.ft == 0, "vae.chunk_frames",
+             f"must be a non-negative multiple of ft={v.ft}, got {v.chunk_frames}")
+    _require(min(v.l1_weight, v.l2_weight, v.perceptual_weight, v.adv_weight, v.kl_weight) >= 0, "vae",
+             "loss weights must be >= 0")
+    _require(d.format in ("auto", "raw", "latent"), "data.format", f"unknown format '{d.format}'")
+    _require(0 < d.min_tokens_per_sample <= d.max_tokens_per_sample, "data.min_tokens_per_sample",
+             f"must be in [1, data.max_tokens_per_sample], got {d.min_tokens_per_sample}")
+    _require(d.image_ratio < 0 or d.image_ratio <= 1, "data.image_ratio", f"must be <= 1 (< 0: natural), got {d.image_ratio}")
+    _require(d.fps >= 0, "data.fps", f"must be >= 0, got {d.fps}")
     _require(len(m.patch) == 3 and all(int(p) >= 1 for p in m.patch), "model.patch", f"needs three positive ints, got {m.patch}")
     m.patch = tuple(int(p) for p in m.patch)
     _require(m.size in DIT_SIZES, "model.size", f"unknown size '{m.size}'; known: {', '.join(DIT_SIZES)}")
