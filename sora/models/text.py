@@ -13,7 +13,8 @@ import zlib
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from sora.models.pretrained import PretrainedTextEncoder
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -79,29 +80,6 @@ class HashTextEncoder(nn.Module):
         return self.norm(x)
 
 
-class T5TextEncoder(nn.Module):
-    """Frozen T5 encoder from a local directory (no downloads). Needs `transformers`."""
-
-    def __init__(self, path: str, max_tokens: int = 128):
-        super().__init__()
-        try:
-            from transformers import AutoTokenizer, T5EncoderModel
-        except ImportError as e:  # optional dependency
-            raise ImportError("text.encoder=t5 needs the optional 'transformers' package (pip install 'sora[t5]')") from e
-        self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = T5EncoderModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
-        self.dim = self.model.config.d_model
-        self.max_tokens = max_tokens
-
-    def tokenizer(self, captions: list[str]):
-        enc = self.tok(captions, max_length=self.max_tokens, truncation=True, padding=True, return_tensors="pt")
-        return enc.input_ids, enc.attention_mask
-
-    @torch.no_grad()
-    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = self.tokenizer(captions)
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state   # [B, L, Dt]
-        lens = mask.sum(1).clamp(min=1)
-        ctx = torch.cat([hidden[b, : lens[b]] for b in range(len(captions))])       # [M, Dt]
-        cu = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
-        return ctx, cu
+class T5TextEncoder(PretrainedTextEncoder):
+    """Frozen T5 / mT5 / umT5 / CLIP text encoder from a local directory (no downloads); the class
+    follows the directory's config.json (`sora/models/pretrained.py`). Needs `transformers`."""
