@@ -52,6 +52,26 @@ def validate_values(t: torch.Tensor) -> bool:
     return t.device.type != "cuda" or VALIDATE_ON_GPU
 
 
+_ALLOCATOR_SET = False
+
+
+def ensure_tma_allocator(device: torch.device) -> None:
+    """Kernels that build TMA descriptors on the device need global scratch (128 B per descriptor)."""
+    global _ALLOCATOR_SET
+    if INTERPRET or device.type != "cuda" or _ALLOCATOR_SET:
+        return
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=device))
+    _ALLOCATOR_SET = True
+
+
+def tma_ready(t: torch.Tensor) -> torch.Tensor:
+    """t with 16-byte aligned base and leading strides (TMA's rule), copying only when needed."""
+    es = t.element_size()
+    if t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(st * es % 16 == 0 for st in t.stride()[:-1]):
+        return t
+    return t.contiguous()
+
+
 def check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device) -> None:
     if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 2:
         got = (cu.dtype, tuple(cu.shape)) if isinstance(cu, torch.Tensor) else type(cu)

@@ -18,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_cu_seqlens, empty, empty_like, tuned, validate_values
+from kernels._common import (check_cu_seqlens, empty, empty_like, ensure_tma_allocator, tma_ready, tuned,
+                             validate_values)
 
 LOG2E = 1.4426950408889634
 
@@ -29,24 +30,24 @@ def _dot_precision(dtype):
 
 
 # ----------------------------------------------------------------------------- forward
+# Tiles move through per-sample TMA tensor descriptors (shape = the sample's rows x head_dim): loads
+# past a sample's end or past head_dim read zeros and stores there are dropped, with no per-element
+# address tensors (those cost ~120 registers per thread at 128x128 tiles and spilled).
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, lo, hi,
-               offs_m, offs_n, offs_d, k_len, diag, qk_scale,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-               CAUSAL: tl.constexpr, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
-    d_ok = offs_d[None, :] < HEAD_DIM
+def _desc(base, rows, stride, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    return tl.make_tensor_descriptor(base, shape=[rows, HEAD_DIM], strides=[stride, 1],
+                                     block_shape=[BLOCK_R, BLOCK_D])
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_desc, v_desc, lo, hi, offs_m, offs_n, k_len, diag, qk_scale,
+               BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n                                                # [BLOCK_N]
-        if MASK:
-            ld = (cols[:, None] < k_len) & d_ok
-            k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=ld, other=0.0)  # [BN, BD]
-        elif HEAD_DIM == BLOCK_D:  # interior block, power-of-two head dim: no mask at all
-            k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :])
-        else:
-            k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=d_ok, other=0.0)
+        k = k_desc.load([start_n, 0])                                          # [BN, BD]
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale      # [BM, BN], log2 units
         if MASK:
+            cols = start_n + offs_n
             ok = cols[None, :] < k_len
             if CAUSAL:
                 ok = ok & (cols[None, :] <= offs_m[:, None] + diag)
@@ -56,12 +57,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, lo, hi,
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASK:
-            v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=ld, other=0.0)  # [BN, BD]
-        elif HEAD_DIM == BLOCK_D:
-            v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :])
-        else:
-            v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=d_ok, other=0.0)
+        v = v_desc.load([start_n, 0])                                          # [BN, BD]
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
         m_i = m_new
     return acc, l_i, m_i
@@ -82,16 +78,13 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
         return
     k_start = tl.load(CU_K + b)
     k_len = tl.load(CU_K + b + 1) - k_start
+    hk = h // GROUPS
+    q_desc = _desc(Q + q_start.to(tl.int64) * stride_qt + h * stride_qh, q_len, stride_qt, HEAD_DIM, BLOCK_M, BLOCK_D)
+    k_desc = _desc(K + k_start.to(tl.int64) * stride_kt + hk * stride_kh, k_len, stride_kt, HEAD_DIM, BLOCK_N, BLOCK_D)
+    v_desc = _desc(V + k_start.to(tl.int64) * stride_vt + hk * stride_vh, k_len, stride_vt, HEAD_DIM, BLOCK_N, BLOCK_D)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < q_len
-    d_ok = offs_d < HEAD_DIM
-    q_ptrs = Q + (q_start.to(tl.int64) + offs_m[:, None]) * stride_qt + h * stride_qh + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)     # [BM, BD]
-    hk = h // GROUPS
-    k_base = K + k_start.to(tl.int64) * stride_kt + hk * stride_kh
-    v_base = V + k_start.to(tl.int64) * stride_vt + hk * stride_vh
+    q = q_desc.load([start_m, 0])                                              # [BM, BD]
 
     diag = k_len - q_len
     if CAUSAL:  # keys < full_hi are visible to every row of the block; keys >= hi to none
@@ -103,26 +96,23 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, 0, full_hi,
-                               offs_m, offs_n, offs_d, k_len, diag, qk_scale,
-                               HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, False, DOT_PREC)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, full_hi, hi,
-                               offs_m, offs_n, offs_d, k_len, diag, qk_scale,
-                               HEAD_DIM, BLOCK_D, BLOCK_N, CAUSAL, True, DOT_PREC)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_desc, v_desc, 0, full_hi, offs_m, offs_n, k_len, diag,
+                               qk_scale, BLOCK_N, CAUSAL, False, DOT_PREC)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_desc, v_desc, full_hi, hi, offs_m, offs_n, k_len, diag,
+                               qk_scale, BLOCK_N, CAUSAL, True, DOT_PREC)
     no_key = l_i == 0.0
     l_safe = tl.where(no_key, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(no_key, float("inf"), (m_i + tl.math.log2(l_safe)) / 1.4426950408889634)  # natural log
-    o_ptrs = O + (q_start.to(tl.int64) + offs_m[:, None]) * stride_ot + h * stride_oh + offs_d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(LSE + h * stride_lh + q_start + offs_m, lse, mask=row_ok)
+    o_desc = _desc(O + q_start.to(tl.int64) * stride_ot + h * stride_oh, q_len, stride_ot, HEAD_DIM, BLOCK_M, BLOCK_D)
+    o_desc.store([start_m, 0], out.to(O.dtype.element_ty))
+    tl.store(LSE + h * stride_lh + q_start + offs_m, lse, mask=offs_m < q_len)
 
 
-# Hopper: 128-row query tiles, 8 warps for d > 64; the autotuner drops configs that do not fit.
+# Hopper: 128-row query tiles, 8 warps; the autotuner drops configs that do not fit (shared memory).
 _FWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 128, 8, 2),
-                         (64, 64, 4, 3), (64, 32, 4, 2)]
+    for bm, bn, w, s in [(128, 128, 8, 2), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)]
 ]
 _INTERP = {"BLOCK_M": 16, "BLOCK_N": 16}
 _fwd = tuned(_fwd_kernel, _FWD_CONFIGS, ["BLOCK_D", "GROUPS", "CAUSAL", "DOT_PREC"], _INTERP)
@@ -145,18 +135,14 @@ def _bwd_preprocess(O, DO, DELTA, N, stride_ot, stride_oh, stride_dot, stride_do
 
 
 @triton.jit
-def _bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, q_start, q_len, h, lo, hi,
-                    stride_qt, stride_qh, stride_dot, stride_doh, stride_lh,
-                    offs_n, offs_m, offs_d, diag, qk_scale,
-                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                    CAUSAL_MASK: tl.constexpr, DOT_PREC: tl.constexpr):
-    d_ok = offs_d[None, :] < HEAD_DIM
+def _bwd_dkdv_inner(dk, dv, k, v, q_desc, do_desc, LSE, DELTA, q_start, q_len, h, lo, hi, stride_lh,
+                    offs_n, offs_m, diag, qk_scale,
+                    BLOCK_M: tl.constexpr, CAUSAL_MASK: tl.constexpr, DOT_PREC: tl.constexpr):
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m                                                # [BM]
         r_ok = rows < q_len
-        t64 = q_start.to(tl.int64) + rows[:, None]
-        q = tl.load(Q + t64 * stride_qt + h * stride_qh + offs_d[None, :], mask=r_ok[:, None] & d_ok, other=0.0)
-        do = tl.load(DO + t64 * stride_dot + h * stride_doh + offs_d[None, :], mask=r_ok[:, None] & d_ok, other=0.0)
+        q = q_desc.load([start_m, 0])                                          # [BM, BD], zeros past q_len
+        do = do_desc.load([start_m, 0])
         # lse = +inf off the end (and on key-less rows) makes p exactly 0 there.
         lse2 = tl.load(LSE + h * stride_lh + q_start + rows, mask=r_ok, other=float("inf")) * 1.4426950408889634
         delta = tl.load(DELTA + h * stride_lh + q_start + rows, mask=r_ok, other=0.0)
@@ -189,11 +175,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU_K,
     q_len = tl.load(CU_Q + b + 1) - q_start
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    kv_ok = (offs_n[:, None] < k_len) & (offs_d[None, :] < HEAD_DIM)
-    k64 = k_start.to(tl.int64) + offs_n[:, None]
-    k = tl.load(K + k64 * stride_kt + hk * stride_kh + offs_d[None, :], mask=kv_ok, other=0.0)   # [BN, BD]
-    v = tl.load(V + k64 * stride_vt + hk * stride_vh + offs_d[None, :], mask=kv_ok, other=0.0)
+    k0 = k_start.to(tl.int64)
+    k = _desc(K + k0 * stride_kt + hk * stride_kh, k_len, stride_kt, HEAD_DIM, BLOCK_N, BLOCK_D).load([start_n, 0])
+    v = _desc(V + k0 * stride_vt + hk * stride_vh, k_len, stride_vt, HEAD_DIM, BLOCK_N, BLOCK_D).load([start_n, 0])
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     diag = k_len - q_len
@@ -204,36 +188,32 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU_Q, CU_K,
     else:
         lo = 0
         mid = 0
+    q0 = q_start.to(tl.int64)
     for g in range(GROUPS):
         h = hk * GROUPS + g
-        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, q_start, q_len, h, lo, mid,
-                                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lh,
-                                 offs_n, offs_m, offs_d, diag, qk_scale, HEAD_DIM, BLOCK_M, True, DOT_PREC)
-        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, q_start, q_len, h, mid, q_len,
-                                 stride_qt, stride_qh, stride_dot, stride_doh, stride_lh,
-                                 offs_n, offs_m, offs_d, diag, qk_scale, HEAD_DIM, BLOCK_M, False, DOT_PREC)
+        q_desc = _desc(Q + q0 * stride_qt + h * stride_qh, q_len, stride_qt, HEAD_DIM, BLOCK_M, BLOCK_D)
+        do_desc = _desc(DO + q0 * stride_dot + h * stride_doh, q_len, stride_dot, HEAD_DIM, BLOCK_M, BLOCK_D)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_desc, do_desc, LSE, DELTA, q_start, q_len, h, lo, mid, stride_lh,
+                                 offs_n, offs_m, diag, qk_scale, BLOCK_M, True, DOT_PREC)
+        dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_desc, do_desc, LSE, DELTA, q_start, q_len, h, mid, q_len, stride_lh,
+                                 offs_n, offs_m, diag, qk_scale, BLOCK_M, False, DOT_PREC)
     dk = dk * softmax_scale
-    tl.store(DK + k64 * stride_dkt + hk * stride_dkh + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_ok)
-    tl.store(DV + k64 * stride_dvt + hk * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_ok)
+    _desc(DK + k0 * stride_dkt + hk * stride_dkh, k_len, stride_dkt, HEAD_DIM, BLOCK_N, BLOCK_D).store(
+        [start_n, 0], dk.to(DK.dtype.element_ty))
+    _desc(DV + k0 * stride_dvt + hk * stride_dvh, k_len, stride_dvt, HEAD_DIM, BLOCK_N, BLOCK_D).store(
+        [start_n, 0], dv.to(DV.dtype.element_ty))
 
 
 @triton.jit
-def _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, lo, hi,
-                  offs_m, offs_n, offs_d, k_len, diag, qk_scale,
-                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                  CAUSAL: tl.constexpr, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
-    d_ok = offs_d[None, :] < HEAD_DIM
+def _bwd_dq_inner(dq, q, do, lse2, delta, k_desc, v_desc, lo, hi, offs_m, offs_n, k_len, diag, qk_scale,
+                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
     for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n
-        if MASK:
-            ld = (cols[:, None] < k_len) & d_ok
-        else:
-            ld = d_ok
-        k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=ld, other=0.0)   # [BN, BD]
-        v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=ld, other=0.0)
+        k = k_desc.load([start_n, 0])                                          # [BN, BD]
+        v = v_desc.load([start_n, 0])
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale      # [BM, BN]
         p = tl.math.exp2(s - lse2[:, None])
         if MASK:
+            cols = start_n + offs_n
             ok = cols[None, :] < k_len
             if CAUSAL:
                 ok = ok & (cols[None, :] <= offs_m[:, None] + diag)
@@ -262,17 +242,15 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K,
     k_len = tl.load(CU_K + b + 1) - k_start
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < q_len
-    qm = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    t64 = q_start.to(tl.int64) + offs_m[:, None]
-    q = tl.load(Q + t64 * stride_qt + h * stride_qh + offs_d[None, :], mask=qm, other=0.0)      # [BM, BD]
-    do = tl.load(DO + t64 * stride_dot + h * stride_doh + offs_d[None, :], mask=qm, other=0.0)
+    q0, k0 = q_start.to(tl.int64), k_start.to(tl.int64)
+    q = _desc(Q + q0 * stride_qt + h * stride_qh, q_len, stride_qt, HEAD_DIM, BLOCK_M, BLOCK_D).load([start_m, 0])
+    do = _desc(DO + q0 * stride_dot + h * stride_doh, q_len, stride_dot, HEAD_DIM, BLOCK_M, BLOCK_D).load([start_m, 0])
     lse2 = tl.load(LSE + h * stride_lh + q_start + offs_m, mask=row_ok, other=float("inf")) * 1.4426950408889634
     delta = tl.load(DELTA + h * stride_lh + q_start + offs_m, mask=row_ok, other=0.0)
     hk = h // GROUPS
-    k_base = K + k_start.to(tl.int64) * stride_kt + hk * stride_kh
-    v_base = V + k_start.to(tl.int64) * stride_vt + hk * stride_vh
+    k_desc = _desc(K + k0 * stride_kt + hk * stride_kh, k_len, stride_kt, HEAD_DIM, BLOCK_N, BLOCK_D)
+    v_desc = _desc(V + k0 * stride_vt + hk * stride_vh, k_len, stride_vt, HEAD_DIM, BLOCK_N, BLOCK_D)
     diag = k_len - q_len
     if CAUSAL:
         hi = tl.maximum(tl.minimum(k_len, start_m + BLOCK_M + diag), 0)
@@ -281,17 +259,18 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU_Q, CU_K,
         hi = k_len
         full_hi = k_len // BLOCK_N * BLOCK_N
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, 0, full_hi,
-                       offs_m, offs_n, offs_d, k_len, diag, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, False, DOT_PREC)
-    dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, full_hi, hi,
-                       offs_m, offs_n, offs_d, k_len, diag, qk_scale, HEAD_DIM, BLOCK_N, CAUSAL, True, DOT_PREC)
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_desc, v_desc, 0, full_hi, offs_m, offs_n, k_len, diag, qk_scale,
+                       BLOCK_N, CAUSAL, False, DOT_PREC)
+    dq = _bwd_dq_inner(dq, q, do, lse2, delta, k_desc, v_desc, full_hi, hi, offs_m, offs_n, k_len, diag, qk_scale,
+                       BLOCK_N, CAUSAL, True, DOT_PREC)
     dq = dq * softmax_scale
-    tl.store(DQ + t64 * stride_dqt + h * stride_dqh + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=qm)
+    _desc(DQ + q0 * stride_dqt + h * stride_dqh, q_len, stride_dqt, HEAD_DIM, BLOCK_M, BLOCK_D).store(
+        [start_m, 0], dq.to(DQ.dtype.element_ty))
 
 
-_BWD_CONFIGS = [
+_BWD_CONFIGS = [  # (queries, keys) per dK/dV program; dQ uses the transpose
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(64, 128, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (32, 128, 4, 2), (32, 64, 4, 2)]
+    for bm, bn, w, s in [(32, 128, 8, 3), (64, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3)]
 ]
 _BWD_KEY = ["BLOCK_D", "GROUPS", "CAUSAL", "DOT_PREC"]
 _dkdv = tuned(_bwd_dkdv_kernel, _BWD_CONFIGS, _BWD_KEY, _INTERP)
@@ -316,8 +295,8 @@ def _check(q, k, v, cu_q, cu_k, dropout_p):
         raise ValueError(f"q head_dim {q.shape[2]} != k head_dim {k.shape[2]}")
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"q heads {q.shape[1]} must be a multiple of k/v heads {k.shape[1]}")
-    if q.shape[2] > 256:
-        raise ValueError(f"head_dim {q.shape[2]} > 256 is not supported")
+    if q.shape[2] > 256 or q.shape[2] % 8:
+        raise ValueError(f"head_dim {q.shape[2]} must be a multiple of 8 and at most 256 (TMA rows of 16 bytes)")
     check_cu_seqlens("cu_seqlens_q", cu_q, q.shape[0], q.device)
     check_cu_seqlens("cu_seqlens_k", cu_k, k.shape[0], q.device)
     if cu_q.numel() != cu_k.numel():
@@ -326,13 +305,10 @@ def _check(q, k, v, cu_q, cu_k, dropout_p):
         raise ValueError(f"dropout_p={dropout_p}: only 0.0 is supported")
 
 
-def _last_contig(t):
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _forward(q, k, v, cu_q, cu_k, max_q, softmax_scale, causal):
     nq, h, d = q.shape
     b = cu_q.numel() - 1
+    ensure_tma_allocator(q.device)
     o = empty_like(q)                                                   # [Nq, H, D]
     lse = empty(h, nq, device=q.device, dtype=torch.float32)           # [H, Nq]
     if nq == 0:
@@ -350,7 +326,7 @@ def _backward(do, q, k, v, o, lse, cu_q, cu_k, max_q, max_k, softmax_scale, caus
     nq, h, d = q.shape
     nk, hkv, _ = k.shape
     b = cu_q.numel() - 1
-    do = _last_contig(do)
+    do = tma_ready(do)
     dq, dk, dv = empty_like(q), empty_like(k), empty_like(v)
     if nk == 0 or nq == 0:  # nothing attends: all gradients are zero
         return dq.zero_(), dk.zero_(), dv.zero_()
@@ -409,7 +385,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
             raise ValueError(f"max_seqlen_q/k ({max_seqlen_q}, {max_seqlen_k}) are below the longest sample "
                              f"({int(lens_q.max())}, {int(lens_k.max())})")
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
-    out, lse = FlashAttnVarlenFunc.apply(_last_contig(q), _last_contig(k), _last_contig(v),
+    out, lse = FlashAttnVarlenFunc.apply(tma_ready(q), tma_ready(k), tma_ready(v),
                                          cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                                          scale, bool(causal))
     if return_attn_probs:

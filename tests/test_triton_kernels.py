@@ -176,6 +176,24 @@ def test_flash_attn_bad_input():
         flash_attn_varlen_func(q, k, v, cq, ck, 3, mk)
     with pytest.raises(ValueError, match="float16"):
         flash_attn_varlen_func(q.double(), k.double(), v.double(), cq, ck, mq, mk)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        flash_attn_varlen_func(q[..., :28], k[..., :28], v[..., :28], cq, ck, mq, mk)
+
+
+def test_flash_attn_strided_qkv_views():
+    """q, k, v as views of one fused qkv projection (the DiT's layout), gradients into that tensor."""
+    lens, h, d = [9, 1, 30], 3, 40
+    cu = _cu(lens)
+    qkv = torch.randn(sum(lens), 3, h, d, requires_grad=True)
+    g = torch.randn(sum(lens), h, d)
+    res = []
+    for fn, dt in ((flash_attn_varlen_func, torch.float32), (varlen_attention_torch, torch.float64)):
+        x = qkv.detach().to(dt).requires_grad_()
+        q, k, v = x.unbind(1)                                                 # strides (3*h*d, d, 1)
+        o = fn(q, k, v, cu, cu, max(lens), max(lens))
+        res.append((o, *torch.autograd.grad(o, x, g.to(dt))))
+    for a, b in zip(*res):
+        assert _rel(a, b) < FP32_BOUND
 
 
 def test_dispatch_registers_triton_attention_and_auto_stays_on_reference_on_cpu():
