@@ -87,7 +87,7 @@ def _jobs(full: bool):
     yield ("rope q+k (16,56,56)", rope._rope_kernel,
            dict(X="bf16", OUT="bf16", K="bf16", KOUT="bf16", CU="i32", GRID="i32", INV="fp32"),
            dict(D_T=16, D_H=56, D_W=56, BLOCK_P=32, HAS_K=True, INTERLEAVED=False,
-                BLOCK_T=rope.BLOCK_T, BLOCK_H=rope.BLOCK_H), [({}, 4, 1)])
+                BLOCK_T=rope.BLOCK_T, BLOCK_H=rope.BLOCK_H), [({}, rope.NUM_WARPS, 1)])
     for d in (1152, 3072):
         br, bd, w = adaln._blocks(d)
         ptrs = dict(X="bf16", SHIFT="bf16", SCALE="bf16", Y="bf16", DY="bf16", DX="bf16", MEAN="fp32",

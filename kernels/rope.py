@@ -19,6 +19,7 @@ from kernels._common import check_cu_seqlens, empty_like, sample_of, validate_va
 
 BLOCK_T = 16   # tokens per program: sin/cos computed once, reused by every head of q and k
 BLOCK_H = 4    # heads per inner step
+NUM_WARPS = 8  # sm_90a (kernels.aot_check): 64 registers, no spills; 4 warps spilled at 128 registers
 
 
 @triton.jit
@@ -127,7 +128,7 @@ def rope_3d_qk(q, k, cu_seqlens, grid, sections, theta=10000.0, inverse=False, i
         kko.stride(0), kko.stride(1), -1.0 if inverse else 1.0,
         D_T=sections[0], D_H=sections[1], D_W=sections[2],
         BLOCK_P=max(2, triton.next_power_of_2(max(sections) // 2)),
-        HAS_K=k is not None, INTERLEAVED=bool(interleaved), BLOCK_T=BLOCK_T, BLOCK_H=BLOCK_H, num_warps=4)
+        HAS_K=k is not None, INTERLEAVED=bool(interleaved), BLOCK_T=BLOCK_T, BLOCK_H=BLOCK_H, num_warps=NUM_WARPS)
     return qo, ko
 
 
