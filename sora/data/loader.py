@@ -27,6 +27,17 @@ def shards_for_rank(paths: list[str], dp_rank: int, dp_size: int) -> list[str]:
     return paths[dp_rank::dp_size]
 
 
+MAX_FRAME_STEP = 8   # data.fps never takes fewer than 1 in 8 of a clip's frames
+
+
+def frame_step(clip_fps: float, target_fps: float) -> int:
+    """Take every step-th frame so a clip at clip_fps plays at about target_fps (0: every frame).
+    Motion per frame then means the same thing in every clip, whatever its frame rate."""
+    if target_fps <= 0 or clip_fps <= target_fps:
+        return 1
+    return min(MAX_FRAME_STEP, max(1, round(clip_fps / target_fps)))
+
+
 class VideoStream:
     """Infinite stream of (key, video [3, T, H, W] in [-1, 1], caption), reshuffled every epoch."""
 
@@ -45,15 +56,18 @@ class VideoStream:
         order = [self.paths[i] for i in order_rng.permutation(len(self.paths))]
         rng = np.random.default_rng([self.seed, self.dp_rank, epoch])   # this rank's shuffle buffer
         buffer = []
-        for i, s in enumerate(iter_shard_samples(order, self.stats, max_frames=self.cfg.max_frames)):
+        # data.fps: decode enough frames to take every step-th one (steps are per clip, from its fps)
+        decode_cap = self.cfg.max_frames * (MAX_FRAME_STEP if self.cfg.fps > 0 else 1)
+        for i, s in enumerate(iter_shard_samples(order, self.stats, max_frames=decode_cap)):
             if self.slice_samples and i % self.dp_size != self.dp_rank:
                 continue
-            shape = target_shape(s.frames.shape[0], s.frames.shape[1], s.frames.shape[2], self.ft, self.fh,
+            frames = s.frames[::frame_step(s.fps, self.cfg.fps)]       # [T, H, W, 3]
+            shape = target_shape(frames.shape[0], frames.shape[1], frames.shape[2], self.ft, self.fh,
                                  self.patch, self.cfg.max_frames, self.cfg.max_tokens_per_sample)
             if shape is None:
                 self.stats.skip("too_small", s.key, f"{s.frames.shape} makes no token")
                 continue
-            buffer.append((s.key, to_model_video(s.frames, shape), s.caption))
+            buffer.append((s.key, to_model_video(frames, shape), s.caption))
             if len(buffer) >= self.cfg.shuffle_buffer:
                 yield buffer.pop(int(rng.integers(len(buffer))))
         rng.shuffle(buffer)
