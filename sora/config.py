@@ -120,11 +120,14 @@ class TrainConfig:
     ema: float = 0.999
     precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     zero_stage: int = 3
+    max_nonfinite_steps: int = 5       # this many skipped (non-finite) steps in a row stop training
 
 
 @dataclass
 class ParallelConfig:
-    sp: int = 1                        # sequence-parallel degree (Ulysses)
+    sp: int = 1                        # sequence-parallel degree (Ulysses); data-parallel degree = world / sp
+    timeout_s: float = 600.0           # collective timeout: a dead rank stops the others within this
+    check_packs: bool = False          # debug: checksum each pack across its sequence-parallel group
 
 
 @dataclass
@@ -147,6 +150,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # Cluster job shape for `sora-launch slurm|hosts` (checked by the launcher, ignored by trainers).
+    launcher: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- merging
@@ -174,6 +179,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return float(value)
         if origin is str:
             return str(value)
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
         if origin in (tuple, list):
             if isinstance(value, str):
                 value = yaml.safe_load(value)
@@ -193,6 +202,9 @@ def _merge(obj: Any, data: dict, prefix: str) -> None:
         if name not in names:
             raise ConfigError(f"unknown config key '{key}' (known here: {', '.join(sorted(names))})")
         current = getattr(obj, name)
+        if isinstance(current, dict) and isinstance(value, dict):   # free-form mapping: merge keys
+            setattr(obj, name, {**current, **value})
+            continue
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{key}' is a section; give it a mapping, not {value!r}")
@@ -226,6 +238,16 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
         _merge(cfg, data, "")
+    for text in overrides:
+        _merge(cfg, _parse_override(text), "")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict, overrides: list[str] = ()) -> Config:
+    """Like load_config, from an already-parsed mapping (e.g. a config stored in file metadata)."""
+    cfg = Config()
+    _merge(cfg, data, "")
     for text in overrides:
         _merge(cfg, _parse_override(text), "")
     validate(cfg)
@@ -295,6 +317,8 @@ def validate(cfg: Config) -> None:
                  f"height and width must be multiples of vae.fh*patch = {v.fh * ph}, got {h}x{w}")
         _require(((f - 1) // v.ft + 1) % pt == 0 or f == 1, key, f"latent frames not divisible by temporal patch {pt}")
     _require(cfg.parallel.sp >= 1, "parallel.sp", f"must be >= 1, got {cfg.parallel.sp}")
+    _require(cfg.parallel.timeout_s > 0, "parallel.timeout_s", f"must be > 0, got {cfg.parallel.timeout_s}")
+    _require(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
     _require(heads % cfg.parallel.sp == 0, "parallel.sp", f"{heads} heads are not divisible by sp={cfg.parallel.sp}")
     _require(cfg.train.precision in ("auto", "fp32", "bf16"), "train.precision", f"unknown precision '{cfg.train.precision}'")
     _require(cfg.train.zero_stage in (0, 1, 2, 3), "train.zero_stage", f"must be 0..3, got {cfg.train.zero_stage}")
