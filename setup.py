@@ -84,6 +84,7 @@ setup(
         "test": ["pytest>=8", "transformers>=4.44", "diffusers>=0.33"],
         "flash": ["flash-attn>=2.6"],
         "t5": ["transformers>=4.44", "sentencepiece"],
+        "bench": ["matplotlib>=3.7"],                  # PNG plots of benchmarks/ (optional)
         "diffusers": ["diffusers>=0.33"],                 # vae.pretrained: Wan 2.1 / CogVideoX / HunyuanVideo VAEs
     },
     entry_points={"console_scripts": ["sora=sora.cli:main", "sora-launch=launcher.cli:main"]},
