@@ -76,6 +76,15 @@ def _cmd_plan(a):
     print(json.dumps(p, indent=2) if a.json else format_plan(p))
 
 
+def _cmd_preprocess(a):
+    from sora.preprocess import preprocess
+
+    cfg = load_config(a.config, a.overrides)
+    r = preprocess(cfg, a.out, splits=tuple(a.splits.split(",")))
+    print(f"rank {r['rank']}/{r['world']}: {r['written']} shards written, {r['kept']} kept, {r['samples']} clips "
+          f"in {r['seconds']:.1f} s ({r['clips_per_s']:.2f} clips/s), skipped {r['skipped']} -> {a.out}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="sora", description="Sora-style video diffusion training")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -114,6 +123,13 @@ def main(argv=None) -> int:
     s.add_argument("--ema", action="store_true", help="export the EMA weights instead of the raw ones")
     s.add_argument("--tag", default=None, help="checkpoint to export (default: the newest complete one)")
     s.set_defaults(fn=_cmd_export)
+
+    s = sub.add_parser("preprocess", help="raw shards -> latent shards (VAE latents + text), resumable, rank r of W takes shards r::W")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*", help="dotted key=value pairs (data.path: the raw shards)")
+    s.add_argument("--out", required=True, help="directory for the latent shards")
+    s.add_argument("--splits", default="train,heldout", help="comma-separated shard prefixes (default: train,heldout)")
+    s.set_defaults(fn=_cmd_preprocess)
 
     s = sub.add_parser("evaluate", help="sample held-out prompts at the configured sizes and score adherence")
     s.add_argument("--run", required=True)

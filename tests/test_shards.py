@@ -66,6 +66,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, monkeypatch, caplog):
         + [("s10.json", _meta("huge")), ("s10.mp4", encode_mp4(np.zeros((2, 64, 64, 3), np.uint8), 8))]
         + [("s11.json", b"[1, 2]"), ("s11.mp4", encode_mp4(_clip("green"), 8))]
         + _good("s12", "yellow")
+        + [("s13.json", b'{"caption": "lone surrogate \\udcff", "fps": 8}'), ("s13.mp4", encode_mp4(_clip("green"), 8))]
     )
     shard = _write_tar(tmp_path / "train-000000.tar", members)
 
@@ -84,13 +85,13 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, monkeypatch, caplog):
     assert samples[0].source == shard
     assert samples[1].frames.shape == (1, 32, 32, 3) and samples[1].fps == 4.0
     assert stats.as_dict() == {
-        "corrupt_video": 1, "missing_caption": 1, "empty_caption": 1, "pickle_payload": 1, "bad_json": 2,
+        "corrupt_video": 1, "missing_caption": 1, "empty_caption": 1, "pickle_payload": 1, "bad_json": 1, "non_utf8": 2,
         "missing_media": 1, "missing_json": 1, "corrupt_image": 1, "frame_too_large": 1,
     }
-    assert stats.total == 10
+    assert stats.total == 11
     assert not marker.exists()
-    # one warning per reason, not per sample (bad_json happened twice)
-    assert sum("bad_json" in r.getMessage() for r in caplog.records) == 1
+    # one warning per reason, not per sample (non_utf8 happened twice: bytes, and a lone surrogate escape)
+    assert sum("non_utf8" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_truncated_and_unreadable_shards_do_not_stop_reading(tmp_path):

@@ -49,3 +49,71 @@ def to_model_video(frames: np.ndarray, shape) -> torch.Tensor:
         H, W = rh, rw
     top, left = (H - h) // 2, (W - w) // 2
     return x[:, :, top:top + h, left:left + w].contiguous()
+
+
+# ---------------------------------------------------------------- hardening: fps, token bounds, mixing
+
+MAX_FPS_STRIDE = 8   # data.fps never takes fewer than 1 in 8 of a clip's frames (as loader.frame_step)
+
+
+def fps_stride(fps: float, target_fps: float) -> int:
+    """Take every n-th frame so a clip at `fps` plays at about `target_fps` (1: keep every frame)."""
+    if target_fps <= 0 or fps <= target_fps:
+        return 1
+    return min(MAX_FPS_STRIDE, max(1, round(fps / target_fps)))
+
+
+def decode_cap(max_frames: int, fps: float, target_fps: float) -> int:
+    """Frames to decode so that, after fps sampling, max_frames remain (decoding is capped by this)."""
+    return 1 + (max_frames - 1) * fps_stride(fps, target_fps)
+
+
+def prepare_sample(frames: np.ndarray, fps: float, key: str, data_cfg, ft: int, fh: int, patch, stats):
+    """uint8 [T, H, W, 3] -> (video [3, T', H', W'] in [-1, 1], effective fps), or None after counting why.
+
+    Frames are taken at about data.fps (when > 0), the clip is snapped to the VAE x patch factors and
+    shrunk (aspect kept) to data.max_tokens_per_sample; below data.min_tokens_per_sample it is skipped."""
+    stride = fps_stride(fps, getattr(data_cfg, "fps", 0.0))
+    frames = frames[::stride]
+    shape = target_shape(frames.shape[0], frames.shape[1], frames.shape[2], ft, fh, patch, data_cfg.max_frames,
+                         data_cfg.max_tokens_per_sample)
+    if shape is None:
+        stats.skip("too_small", key, f"{frames.shape} makes no token")
+        return None
+    if tokens_for(*shape, ft, fh, patch) < getattr(data_cfg, "min_tokens_per_sample", 1):
+        stats.skip("too_few_tokens", key, f"{shape} makes {tokens_for(*shape, ft, fh, patch)} tokens")
+        return None
+    return to_model_video(frames, shape), fps / stride
+
+
+def mix_images(items, image_ratio: float, rng: np.random.Generator, is_image, max_wait: int = 256):
+    """Re-order a stream so that about `image_ratio` of what comes out are images (is_image(item)).
+
+    Items wait in two queues; each output draws the kind by the ratio and takes the other kind when
+    that queue is empty. Nothing is dropped, and a queue never holds more than `max_wait` items
+    (then it is drained first), so a stream with too few of one kind keeps flowing."""
+    if image_ratio < 0:
+        yield from items
+        return
+    queues: tuple[list, list] = ([], [])            # videos, images
+    it = iter(items)
+    done = False
+    while True:
+        while not done and (not queues[0] or not queues[1]):
+            try:
+                item = next(it)
+            except StopIteration:
+                done = True
+                break
+            queues[bool(is_image(item))].append(item)
+            if len(queues[0]) > max_wait or len(queues[1]) > max_wait:
+                break
+        if not queues[0] and not queues[1]:
+            return
+        full = [q for q in queues if len(q) > max_wait]
+        if full:
+            q = full[0]
+        else:
+            want = int(rng.random() < image_ratio)
+            q = queues[want] if queues[want] else queues[1 - want]
+        yield q.pop(0)

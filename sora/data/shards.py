@@ -150,7 +150,10 @@ def _parse_json(group: _Group, stats: SkipStats) -> tuple[str, float] | None:
         return None
     try:
         meta = json.loads(group.members["json"].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:
+        stats.skip("non_utf8", group.key, f"KEY.json: {e}")
+        return None
+    except ValueError as e:
         stats.skip("bad_json", group.key, f"{type(e).__name__}: {e}")
         return None
     if not isinstance(meta, dict):
@@ -162,6 +165,11 @@ def _parse_json(group: _Group, stats: SkipStats) -> tuple[str, float] | None:
         return None
     if not isinstance(caption, str):
         stats.skip("bad_json", group.key, f"caption is {type(caption).__name__}, not a string")
+        return None
+    try:
+        caption.encode("utf-8")            # JSON escapes can smuggle in lone surrogates ("\udcff")
+    except UnicodeEncodeError as e:
+        stats.skip("non_utf8", group.key, f"caption: {e}")
         return None
     if not caption.strip():
         stats.skip("empty_caption", group.key)

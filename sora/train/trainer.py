@@ -14,6 +14,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sora.config import Config, resolved_dims, save_config
+from sora.data.latent_shards import latent_stream, uses_latent_shards
 from sora.data.loader import PackedLoader, VideoStream
 from sora.data.shards import SkipStats, list_shards
 from sora.diffusion.flow import add_noise, flow_loss_sum, sample_timesteps
@@ -131,8 +132,10 @@ def train_dit(cfg: Config) -> Path:
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cuda)
     dtype = torch.bfloat16 if bf16 else torch.float32
     run_dir = Path(cfg.run.dir)
-    vae, vae_cfg = load_vae(cfg.vae.run, device)
-    check_vae_matches(cfg, vae_cfg)
+    latent = uses_latent_shards(cfg)      # `sora preprocess` output: no VAE here, no online encoding
+    if not latent:
+        vae, vae_cfg = load_vae(cfg.vae.run, device)
+        check_vae_matches(cfg, vae_cfg)
     if dims.is_main:
         save_config(cfg, run_dir / "config.yaml")
 
@@ -152,8 +155,10 @@ def train_dit(cfg: Config) -> Path:
     def encode(video):                                              # [3, T, H, W] -> [C, T', H', W']
         return vae.encode(video[None].to(device))[0].float().cpu()
 
+    videos, encode, latent_shape = latent_stream(cfg, dims.dp_rank, dims.dp, stats) if latent else (
+        videos, encode, vae.latent_shape)
     loader = PackedLoader(videos, encode, cfg.model.patch, cfg.data.tokens_per_batch, cfg.data.caption_dropout,
-                          cfg.run.seed, latent_shape=vae.latent_shape)
+                          cfg.run.seed, latent_shape=latent_shape)
     gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + dims.dp_rank + 1)
     start, saved = load_checkpoint(engine, ema, ckpt_dir)
     if start:
