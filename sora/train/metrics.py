@@ -5,12 +5,28 @@ import json
 from pathlib import Path
 
 
+def truncate_from(path: Path, step: int) -> int:
+    """Drop records of steps >= `step` (logged after the checkpoint a resume starts from, so they
+    are about to be logged again); atomic rewrite. Returns how many were dropped."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line).get("step", -1) < step]
+    if len(keep) == len(lines):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
+    return len(lines) - len(keep)
+
+
 class MetricsLogger:
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, start_step: int = 0):
         self.enabled = enabled
         self.tb = None
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
+            truncate_from(run_dir / "metrics.jsonl", start_step)
             self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)
             try:
                 from torch.utils.tensorboard import SummaryWriter

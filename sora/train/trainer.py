@@ -177,7 +177,7 @@ def train_dit(cfg: Config) -> Path:
     in_dim = cfg.vae.latent_channels * cfg.model.patch[0] * cfg.model.patch[1] * cfg.model.patch[2]
     text_dim = engine.module.dit.text_pool[0].normalized_shape[0]
     peak, peak_source = peak_flops(str(device))
-    metrics = MetricsLogger(run_dir, enabled=dims.is_main)
+    metrics = MetricsLogger(run_dir, enabled=dims.is_main, start_step=start)
     if dims.is_main:
         log.info("DiT %s: depth %d width %d, %d ranks (dp %d x sp %d), MFU peak: %s %.3g FLOP/s",
                  cfg.model.size, depth, width, dims.world, dims.dp, dims.sp, peak_source, peak)
