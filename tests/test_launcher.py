@@ -320,7 +320,6 @@ def test_cli_refuses_missing_or_invalid_config(in_tmp, capsys):
 def test_cli_launcher_section_of_the_config(tmp_path, monkeypatch, capsys):
     """Settings from the config's `launcher:` section, overridden by flags and launcher.KEY=VALUE."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(settings, "check_sora_args", lambda args: None)  # sora's own config checks aside
     (tmp_path / "c.yaml").write_text(
         "run: {dir: runs/big}\n"
         "launcher:\n  nodes: 4\n  gpus_per_node: 8\n  partition: gpu\n  time: '1-00:00:00'\n"
