@@ -34,7 +34,6 @@ class DataConfig:
     tokens_per_batch: int = 2048       # token budget of one packed micro-batch (per data-parallel rank)
     max_tokens_per_sample: int = 1024  # larger samples are resized down, aspect kept
     max_frames: int = 17
-    num_workers: int = 0
     shuffle_buffer: int = 256
     caption_dropout: float = 0.1       # replaced by the empty caption, for classifier-free guidance
     format: str = "auto"               # raw (mp4/png shards) | latent (`sora preprocess` output) | auto (latents.json present)
