@@ -19,7 +19,15 @@ $(STAMP): setup.py Makefile
 	$(PIP) install -q --no-build-isolation -e ".[test]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+# sora._C (csrc/): built by the install above; rebuilt here when a kernel source changes (ninja
+# recompiles only what changed). SORA_SKIP_EXT=1 skips it, MAX_JOBS=N sets the compile jobs.
+EXT_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+EXT     := $(VENV)/.ext-built
+$(EXT): $(STAMP) $(EXT_SRC)
+	$(PY) setup.py -q build_ext --inplace
+	touch $(EXT)
+
+setup: $(STAMP) $(EXT)
 
 demo: setup
 	bash scripts/demo.sh
