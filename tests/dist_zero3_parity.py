@@ -15,7 +15,7 @@ from sora.data.packing import PackItem, concat_packs, pack
 from sora.models.t2v import TextToVideo
 from sora.parallel.dims import init_distributed
 from sora.train.checkpoint import gather_full_state
-from sora.train.trainer import build_engine, flow_matching_loss
+from sora.train.trainer import build_engine, flow_matching_loss, step_input
 
 CAPS = ["a red circle moving left", "a blue square moving up", "", "a white triangle moving down"]
 
@@ -55,7 +55,7 @@ def main(out_path, steps):
             t, noise = torch.cat([p[1] for p in packs]), torch.cat([p[2] for p in packs])
         else:
             batch, t, noise = packs[dims.rank]
-        objective, loss, tokens = flow_matching_loss(engine, batch, t, noise)
+        objective, loss, tokens = flow_matching_loss(engine, step_input(batch, t, noise, dims, None))
         engine.backward(objective)
         if step == 0:
             for name, p in engine.module.named_parameters():
