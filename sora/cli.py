@@ -26,15 +26,19 @@ def _cmd_train_vae(a):
 
 
 def _cmd_train(a):
-    from sora.train.faults import Diverged, Preempted
+    from sora.train.faults import Diverged, Preempted, PreemptionFlag
+
+    preempt = PreemptionFlag()   # before the heavy imports: SIGUSR1/SIGTERM from here on checkpoint
     from sora.train.trainer import train_dit
 
     cfg = load_config(a.config, a.overrides)
     try:
-        run = train_dit(cfg)
+        run = train_dit(cfg, preempt)
     except (Preempted, Diverged) as e:
         print(f"sora train: {type(e).__name__.lower()}: {e} (exit {e.exit_code})", file=sys.stderr)
         return e.exit_code
+    finally:
+        preempt.restore()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"DiT run directory: {run}")
 

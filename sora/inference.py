@@ -32,7 +32,7 @@ class Generator:
             path = Path(run_dir) / "final" / name
             if not path.is_file():
                 raise FileNotFoundError(f"no {name} in '{Path(run_dir) / 'final'}': has `sora train` finished?")
-        model = TextToVideo(cfg)
+        model = TextToVideo(cfg, device=str(device))
         model.load_state_dict(load_file(str(path)))
         vae, _ = load_vae(cfg.vae.run, device)
         return cls(cfg, model.to(device), vae, device)

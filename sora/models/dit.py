@@ -117,11 +117,11 @@ class FinalLayer(nn.Module):
 class DiT(nn.Module):
     def __init__(self, in_dim: int, width: int, depth: int, heads: int, text_dim: int,
                  mlp_ratio: float = 4.0, qk_norm: bool = True, rope_theta: float = 10000.0,
-                 checkpointing: bool = False, backend: str | None = None):
+                 checkpointing: bool = False, backend: str | None = None, device: str = "cpu"):
         super().__init__()
         self.in_dim, self.width = in_dim, width
         self.checkpointing = checkpointing
-        self.kernels = select_kernels(configured=backend)                        # chosen once, stored
+        self.kernels = select_kernels(configured=backend, device=device)         # chosen once, stored
         self.patch_embed = nn.Linear(in_dim, width)
         # Absolute frame index (RoPE alone is relative): lets the model place a moving object per
         # frame from the very first, noisiest sampling steps, before any frame holds content.

@@ -9,7 +9,8 @@ from sora.models.text import HashTextEncoder, T5TextEncoder
 
 
 class TextToVideo(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, device: str = "cpu"):
+        """`device`: where the model will run; it picks the kernel backends (`auto`)."""
         super().__init__()
         from sora.config import resolved_dims
 
@@ -27,7 +28,7 @@ class TextToVideo(nn.Module):
             text_dim = frozen.dim
         self.dit = DiT(self.latent_channels * pt * ph * pw, width, depth, heads, text_dim,
                        cfg.model.mlp_ratio, cfg.model.qk_norm, cfg.model.rope_theta,
-                       cfg.model.checkpointing, cfg.model.backend)
+                       cfg.model.checkpointing, cfg.model.backend, str(device))
 
     def encode_text(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ctx [M, Dt], cu_seqlens_ctx [B+1] int32."""

@@ -6,7 +6,7 @@ from functools import partial
 from typing import Callable
 
 from sora.ops import adaln, attention, patchify, rope
-from sora.ops.backend import log_choice, resolve_backend
+from sora.ops.backend import BackendUnavailable, log, log_choice, resolve_backend
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,26 @@ def rope_then_attention(rope_fn, attention_fn, q, k, v, cu_seqlens, max_seqlen, 
 
 
 def select_kernels(backend: str | None = None, configured: str | None = None, device: str = "cpu") -> Kernels:
-    names = {
-        "attention": resolve_backend("attention", attention.IMPLEMENTATIONS, backend, configured, device),
-        "rope": resolve_backend("rope", rope.IMPLEMENTATIONS, backend, configured, device),
-        "adaln": resolve_backend("adaln", adaln.IMPLEMENTATIONS, backend, configured, device),
-    }
+    """Backends for the model's ops on `device` ("cpu", "cuda", "cuda:1", ...).
+
+    A named backend serves every op it implements; an op it lacks (attention has no `cpp`, say)
+    takes what `auto` would, and the log says so. A backend serving no op here is an error.
+    """
+    ops = {"attention": attention.IMPLEMENTATIONS, "rope": rope.IMPLEMENTATIONS, "adaln": adaln.IMPLEMENTATIONS}
+    names, fallbacks, errors = {}, [], []
+    for op, impls in ops.items():
+        try:
+            names[op] = resolve_backend(op, impls, backend, configured, device)
+        except BackendUnavailable as e:
+            if "unknown kernel backend" in str(e):
+                raise
+            errors.append(e)
+            names[op] = resolve_backend(op, impls, "auto", None, device)
+            fallbacks.append(op)
+    if len(errors) == len(ops):
+        raise errors[0]
+    if fallbacks:
+        log.info("the chosen kernel backend has no %s here: %s", ", ".join(fallbacks), "; ".join(str(e) for e in errors))
     log_choice(names)
     return Kernels(attention=attention.IMPLEMENTATIONS[names["attention"]],
                    rope=rope.IMPLEMENTATIONS[names["rope"]],

@@ -11,10 +11,7 @@ import math
 import os
 import signal
 
-import torch
-import torch.distributed as dist
-
-from sora.train import exit_codes
+from sora.train import exit_codes   # no torch at import: `sora train` installs the handler first thing
 
 log = logging.getLogger("sora.train")
 
@@ -41,6 +38,9 @@ class PreemptionFlag:
 
     def agreed(self) -> bool:
         """True on every rank if any rank got a signal (a collective: call it on all ranks)."""
+        import torch
+        import torch.distributed as dist
+
         flag = torch.tensor([0 if self.received is None else 1], dtype=torch.int32)
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)

@@ -121,11 +121,12 @@ def check_identical_packs(batch, group) -> None:
                            f"(checksums {[o.tolist() for o in theirs]})")
 
 
-def train_dit(cfg: Config) -> Path:
+def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     """Train, checkpointing every run.save_every steps; resumes from the newest checkpoint in
     run.dir. Raises faults.Preempted after checkpointing on SIGTERM/SIGUSR1, faults.Diverged after
     train.max_nonfinite_steps non-finite steps in a row."""
-    preempt = PreemptionFlag()   # first: a signal during start-up must not kill us before a checkpoint
+    own_flag = preempt is None      # `sora train` installs it before its imports: a signal during
+    preempt = preempt or PreemptionFlag()   # start-up must not kill us before the first checkpoint
     dims = init_distributed(cfg.parallel.sp, cfg.parallel.timeout_s)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -140,7 +141,7 @@ def train_dit(cfg: Config) -> Path:
         save_config(cfg, run_dir / "config.yaml")
 
     torch.manual_seed(cfg.run.seed)  # identical init on every rank
-    model = TextToVideo(cfg)
+    model = TextToVideo(cfg, device=device.type)
     mpu = init_sequence_parallel_groups(dims.sp) if dims.sp > 1 else None
     engine, sched = build_engine(cfg, model, bf16, mpu)
     ulysses = wrap_for_sequence_parallel(engine.module.dit, mpu.get_sequence_parallel_group()) if mpu else None
@@ -235,9 +236,9 @@ def train_dit(cfg: Config) -> Path:
     except (Preempted, Diverged) as e:
         write_exit_status(run_dir, dims, e.exit_code, str(e))
         metrics.close()
+        if own_flag:
+            preempt.restore()
         raise
-    finally:
-        preempt.restore()
     weights = gather_full_state(engine.module)
     ema_weights = ema.full_state()
     if dims.is_main:
@@ -247,6 +248,8 @@ def train_dit(cfg: Config) -> Path:
     write_exit_status(run_dir, dims, 0, "finished")
     metrics.close()
     dist.barrier()
+    if own_flag:
+        preempt.restore()
     return run_dir
 
 
