@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,11 +194,18 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
+# Keys older run directories may still hold: ignored with a warning so their config.yaml loads.
+RETIRED_KEYS = {"data.num_workers": "the loader is one process per rank"}
+
+
 def _merge(obj: Any, data: dict, prefix: str) -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for name, value in data.items():
         key = f"{prefix}{name}"
+        if key in RETIRED_KEYS:
+            warnings.warn(f"config key '{key}' is retired and ignored ({RETIRED_KEYS[key]})", stacklevel=2)
+            continue
         if name not in names:
             raise ConfigError(f"unknown config key '{key}' (known here: {', '.join(sorted(names))})")
         current = getattr(obj, name)

@@ -42,3 +42,10 @@ def test_bad_values_name_the_key(override, key):
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("configs/nope.yaml")
+
+
+def test_retired_key_in_an_old_run_config_is_ignored_with_a_warning(tmp_path):
+    (tmp_path / "old.yaml").write_text("data:\n  num_workers: 4\n  max_frames: 9\n")
+    with pytest.warns(UserWarning, match="data.num_workers' is retired"):
+        cfg = load_config(str(tmp_path / "old.yaml"))
+    assert cfg.data.max_frames == 9

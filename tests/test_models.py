@@ -120,3 +120,18 @@ def test_activation_checkpointing_same_gradients():
         m(x, cu, mx, grid, t, CAPTIONS).pow(2).sum().backward()
     for (n, a), (_, b) in zip(model.named_parameters(), ck.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_text_to_video_runs_in_bfloat16():
+    """bf16 weights (DeepSpeed bf16 on GPUs): float32 sinusoid features must not meet bf16 weights."""
+    from sora.config import load_config
+
+    cfg = load_config(None, ["model.depth=1", "model.width=48", "model.heads=4"])
+    model = TextToVideo(cfg).to(torch.bfloat16)
+    in_dim = model.dit.in_dim
+    x = torch.randn(24 + 4, in_dim, dtype=torch.bfloat16)
+    cu = torch.tensor([0, 24, 28], dtype=torch.int32)
+    grid = torch.tensor([[1, 4, 6], [1, 2, 2]], dtype=torch.int32)
+    out = model(x, cu, 24, grid, torch.tensor([0.5, 0.9], dtype=torch.bfloat16), ["a red circle moving left", ""])
+    out.float().square().mean().backward()
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape and torch.isfinite(out.float()).all()

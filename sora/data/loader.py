@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sora.data.packing import PackedBatch, PackItem, pack, take_best_fit
-from sora.data.pipeline import target_shape, to_model_video
+from sora.data.pipeline import MAX_FPS_STRIDE, mix_images, prepare_sample
 from sora.data.shards import SkipStats, iter_shard_samples
 from sora.ops.patchify import patchify
 
@@ -25,17 +25,6 @@ def shards_for_rank(paths: list[str], dp_rank: int, dp_size: int) -> list[str]:
         # Fewer shards than ranks: every rank reads all and keeps its own slice of samples.
         return list(paths)
     return paths[dp_rank::dp_size]
-
-
-MAX_FRAME_STEP = 8   # data.fps never takes fewer than 1 in 8 of a clip's frames
-
-
-def frame_step(clip_fps: float, target_fps: float) -> int:
-    """Take every step-th frame so a clip at clip_fps plays at about target_fps (0: every frame).
-    Motion per frame then means the same thing in every clip, whatever its frame rate."""
-    if target_fps <= 0 or clip_fps <= target_fps:
-        return 1
-    return min(MAX_FRAME_STEP, max(1, round(clip_fps / target_fps)))
 
 
 class VideoStream:
@@ -55,19 +44,21 @@ class VideoStream:
         order_rng = np.random.default_rng([self.seed, epoch, 0 if self.slice_samples else self.dp_rank + 1])
         order = [self.paths[i] for i in order_rng.permutation(len(self.paths))]
         rng = np.random.default_rng([self.seed, self.dp_rank, epoch])   # this rank's shuffle buffer
+        mix_rng = np.random.default_rng([self.seed, self.dp_rank, epoch, 1])   # image/video mixing
+        # data.fps: decode enough frames that every clip still has max_frames after taking every k-th
+        cap = 1 + (self.cfg.max_frames - 1) * (MAX_FPS_STRIDE if self.cfg.fps > 0 else 1)
+
+        def prepared():
+            for i, s in enumerate(iter_shard_samples(order, self.stats, max_frames=cap)):
+                if self.slice_samples and i % self.dp_size != self.dp_rank:
+                    continue
+                out = prepare_sample(s.frames, s.fps, s.key, self.cfg, self.ft, self.fh, self.patch, self.stats)
+                if out is not None:
+                    yield s.key, out[0], s.caption
+
         buffer = []
-        # data.fps: decode enough frames to take every step-th one (steps are per clip, from its fps)
-        decode_cap = self.cfg.max_frames * (MAX_FRAME_STEP if self.cfg.fps > 0 else 1)
-        for i, s in enumerate(iter_shard_samples(order, self.stats, max_frames=decode_cap)):
-            if self.slice_samples and i % self.dp_size != self.dp_rank:
-                continue
-            frames = s.frames[::frame_step(s.fps, self.cfg.fps)]       # [T, H, W, 3]
-            shape = target_shape(frames.shape[0], frames.shape[1], frames.shape[2], self.ft, self.fh,
-                                 self.patch, self.cfg.max_frames, self.cfg.max_tokens_per_sample)
-            if shape is None:
-                self.stats.skip("too_small", s.key, f"{s.frames.shape} makes no token")
-                continue
-            buffer.append((s.key, to_model_video(frames, shape), s.caption))
+        for item in mix_images(prepared(), self.cfg.image_ratio, mix_rng, lambda it: it[1].shape[1] == 1):
+            buffer.append(item)
             if len(buffer) >= self.cfg.shuffle_buffer:
                 yield buffer.pop(int(rng.integers(len(buffer))))
         rng.shuffle(buffer)

@@ -53,7 +53,7 @@ def to_model_video(frames: np.ndarray, shape) -> torch.Tensor:
 
 # ---------------------------------------------------------------- hardening: fps, token bounds, mixing
 
-MAX_FPS_STRIDE = 8   # data.fps never takes fewer than 1 in 8 of a clip's frames (as loader.frame_step)
+MAX_FPS_STRIDE = 8   # data.fps never takes fewer than 1 in 8 of a clip's frames
 
 
 def fps_stride(fps: float, target_fps: float) -> int:

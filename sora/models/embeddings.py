@@ -22,7 +22,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_features(t, self.freq_dim))     # [B, width]
+        feats = timestep_features(t, self.freq_dim)              # [B, freq_dim] float32 (precise angles)
+        return self.mlp(feats.to(self.mlp[0].weight.dtype))      # [B, width] in the weights' dtype (bf16 runs)
 
 
 class RMSNorm(nn.Module):
