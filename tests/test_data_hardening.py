@@ -29,10 +29,10 @@ def test_prepare_sample_fps_and_token_bounds():
     red = ((video[0, :, 0, 0] + 1) * 127.5).round().numpy()
     assert red.tolist() == [7 * 3 * i for i in range(9)]                       # frames 0, 3, 6, ... (24 -> 8 fps)
     # no data.fps: every frame
-    video, fps = prepare_sample(frames, 24.0, "k", _cfg("data.max_frames=9"), 2, 4, (1, 2, 2), stats)
+    video, fps = prepare_sample(frames, 24.0, "k", _cfg("data.fps=0", "data.max_frames=9"), 2, 4, (1, 2, 2), stats)
     assert fps == 24.0 and ((video[0, :, 0, 0] + 1) * 127.5).round().tolist() == [7 * i for i in range(9)]
     # max tokens: shrunk (aspect kept) under the budget; min tokens: skipped and counted
-    cfg = _cfg("data.max_frames=9", "data.max_tokens_per_sample=60", "data.min_tokens_per_sample=20")
+    cfg = _cfg("data.fps=0", "data.max_frames=9", "data.max_tokens_per_sample=60", "data.min_tokens_per_sample=20")
     video, _ = prepare_sample(frames, 8.0, "k", cfg, 2, 4, (1, 2, 2), stats)
     assert tokens_for(*video.shape[1:], 2, 4, (1, 2, 2)) <= 60
     assert prepare_sample(frames[:1, :16, :16], 8.0, "small", cfg, 2, 4, (1, 2, 2), stats) is None   # 4 tokens

@@ -40,7 +40,7 @@ def world(tmp_path_factory):
     save_config(vcfg, base / "vae" / "config.yaml")
     save_weights(vae.state_dict(), base / "vae" / "vae.safetensors")
     cfg = load_config(f"{ROOT}/configs/demo.yaml", [f"data.path={base / 'raw'}", f"vae.run={base / 'vae'}",
-                                                     "vae.channels=8", "vae.chunk_frames=4"])
+                                                     "vae.channels=8", "vae.chunk_frames=4", "data.fps=0"])
     out = base / "lat"
     summary = preprocess(cfg, out, progress=False)
     return base, cfg, out, summary
