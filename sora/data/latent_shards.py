@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from sora.data.pipeline import mix_images
+from sora.data.pipeline import epoch_shard_order, mix_images, shuffle_buffered
 from sora.data.shards import SkipStats, _iter_groups, _parse_json
 
 log = logging.getLogger("sora.data")
@@ -158,22 +158,19 @@ class LatentStream:
         return z[:, :t, top:top + h, left:left + w]
 
     def _epoch(self, epoch: int):
-        order_rng = np.random.default_rng([self.seed, epoch, 0 if self.slice_samples else self.dp_rank + 1])
-        order = [self.paths[i] for i in order_rng.permutation(len(self.paths))]
+        order = epoch_shard_order(self.paths, self.seed, epoch, self.dp_rank, self.slice_samples)
         rng = np.random.default_rng([self.seed, self.dp_rank, epoch])
-        buffer = []
-        samples = iter_latent_samples(order, self.stats, self.channels, self.text_dim)
-        for i, (key, z, _, meta) in enumerate(samples):
-            if self.slice_samples and i % self.dp_size != self.dp_rank:
-                continue
-            z = self._fit(key, z)
-            if z is None:
-                continue
-            buffer.append((key, torch.from_numpy(np.ascontiguousarray(z)), meta["caption"]))
-            if len(buffer) >= self.cfg.shuffle_buffer:
-                yield buffer.pop(int(rng.integers(len(buffer))))
-        rng.shuffle(buffer)
-        yield from buffer
+
+        def fitted():
+            samples = iter_latent_samples(order, self.stats, self.channels, self.text_dim)
+            for i, (key, z, _, meta) in enumerate(samples):
+                if self.slice_samples and i % self.dp_size != self.dp_rank:
+                    continue
+                z = self._fit(key, z)
+                if z is not None:
+                    yield key, torch.from_numpy(np.ascontiguousarray(z)), meta["caption"]
+
+        yield from shuffle_buffered(fitted(), rng, self.cfg.shuffle_buffer)
 
     def __iter__(self):
         for epoch in (range(self.epochs) if self.epochs is not None else itertools.count()):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sora.data.packing import PackedBatch, PackItem, pack, take_best_fit
-from sora.data.pipeline import MAX_FPS_STRIDE, mix_images, prepare_sample
+from sora.data.pipeline import MAX_FPS_STRIDE, epoch_shard_order, mix_images, prepare_sample, shuffle_buffered
 from sora.data.shards import SkipStats, iter_shard_samples
 from sora.ops.patchify import patchify
 
@@ -40,9 +40,7 @@ class VideoStream:
         self.stats = stats if stats is not None else SkipStats()
 
     def _epoch(self, epoch: int) -> Iterator[tuple[str, torch.Tensor, str]]:
-        # When ranks slice one shared sample sequence, they must agree on the shard order.
-        order_rng = np.random.default_rng([self.seed, epoch, 0 if self.slice_samples else self.dp_rank + 1])
-        order = [self.paths[i] for i in order_rng.permutation(len(self.paths))]
+        order = epoch_shard_order(self.paths, self.seed, epoch, self.dp_rank, self.slice_samples)
         rng = np.random.default_rng([self.seed, self.dp_rank, epoch])   # this rank's shuffle buffer
         mix_rng = np.random.default_rng([self.seed, self.dp_rank, epoch, 1])   # image/video mixing
         # data.fps: decode enough frames that every clip still has max_frames after taking every k-th
@@ -56,13 +54,8 @@ class VideoStream:
                 if out is not None:
                     yield s.key, out[0], s.caption
 
-        buffer = []
-        for item in mix_images(prepared(), self.cfg.image_ratio, mix_rng, lambda it: it[1].shape[1] == 1):
-            buffer.append(item)
-            if len(buffer) >= self.cfg.shuffle_buffer:
-                yield buffer.pop(int(rng.integers(len(buffer))))
-        rng.shuffle(buffer)
-        yield from buffer
+        mixed = mix_images(prepared(), self.cfg.image_ratio, mix_rng, lambda it: it[1].shape[1] == 1)
+        yield from shuffle_buffered(mixed, rng, self.cfg.shuffle_buffer)
 
     def __iter__(self):
         for epoch in (range(self.epochs) if self.epochs is not None else itertools.count()):

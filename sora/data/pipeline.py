@@ -117,3 +117,22 @@ def mix_images(items, image_ratio: float, rng: np.random.Generator, is_image, ma
             want = int(rng.random() < image_ratio)
             q = queues[want] if queues[want] else queues[1 - want]
         yield q.pop(0)
+
+
+# ---------------------------------------------------------------- per-epoch order (raw and latent streams)
+
+def epoch_shard_order(paths: list[str], seed: int, epoch: int, dp_rank: int, shared: bool) -> list[str]:
+    """This epoch's shard order; ranks that slice one shared sample sequence (`shared`) must agree on it."""
+    rng = np.random.default_rng([seed, epoch, 0 if shared else dp_rank + 1])
+    return [paths[i] for i in rng.permutation(len(paths))]
+
+
+def shuffle_buffered(items, rng: np.random.Generator, size: int):
+    """Stream shuffle: hold `size` items, emit a random one per arrival, then the rest shuffled."""
+    buffer = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= size:
+            yield buffer.pop(int(rng.integers(len(buffer))))
+    rng.shuffle(buffer)
+    yield from buffer
