@@ -24,8 +24,12 @@ def init_sequence_parallel_groups(sp: int):
     With that mpu, ZeRO-3 partitions parameters and optimizer state over all ranks (the
     sequence-data-parallel group) and divides summed gradients by dp = world / sp, not world.
     """
+    import deepspeed
+    import torch.distributed as dist
     from deepspeed.runtime.sequence_parallel import parallel_state_sp as mpu
 
+    if dist.is_initialized():   # DeepSpeed's comm layer adopts a group started by torch.distributed
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), verbose=False)
     if mpu._SEQUENCE_PARALLEL_GROUP is None:
         mpu.initialize_sequence_parallel(sp)
     return mpu
