@@ -105,3 +105,14 @@ def pyplot():
     except ImportError:
         print("matplotlib is not installed: skipping the PNG plot (pip install -e '.[bench]')")
         return None
+
+
+def write_outputs(out_dir, stem: str, result: dict, markdown, plot) -> None:
+    """OUT/STEM.json, .md (markdown(result)) and .png (plot(result, path)), then say where."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    write_json(out / f"{stem}.json", result)
+    (out / f"{stem}.md").write_text(markdown(result) + "\n")
+    plot(result, out / f"{stem}.png")
+    print(f"wrote {out / stem}.json/.md/.png")

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, environment, measure_peaks, pyplot, write_json  # noqa: E402
+from common import bench, environment, measure_peaks, pyplot, write_outputs  # noqa: E402
 
 import sora.ops  # noqa: E402
 
@@ -227,12 +227,7 @@ def main(argv=None):
                 rows.append(row)
                 print(_line(row))
     result = {"env": env, "peaks": peaks, "dtype": str(dtype)[6:], "quick": a.quick, "results": rows, "skipped": skipped}
-    out = Path(a.out)
-    stem = f"kernels_{env['device_kind']}"
-    write_json(out / f"{stem}.json", result)
-    (out / f"{stem}.md").write_text(markdown(result) + "\n")
-    plot(result, out / f"{stem}.png")
-    print(f"wrote {out / stem}.json/.md/.png")
+    write_outputs(a.out, f"kernels_{env['device_kind']}", result, markdown, plot)
     return result
 
 

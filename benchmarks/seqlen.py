@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, environment, measure_peaks, pyplot, write_json  # noqa: E402
+from common import bench, environment, measure_peaks, pyplot, write_json, write_outputs  # noqa: E402
 
 from sora.models.dit import DIT_SIZES, DiT  # noqa: E402
 from sora.train import flops as F  # noqa: E402
@@ -204,12 +204,7 @@ def main(argv=None):
             if rank == 0:
                 print(_line(row), flush=True)
     if rank == 0:
-        out = Path(a.out)
-        stem = f"seqlen_{env['device_kind']}" + (f"_sp{sp}" if sp > 1 else "")
-        write_json(out / f"{stem}.json", result)
-        (out / f"{stem}.md").write_text(markdown(result) + "\n")
-        plot(result, out / f"{stem}.png")
-        print(f"wrote {out / stem}.json/.md/.png")
+        write_outputs(a.out, f"seqlen_{env['device_kind']}" + (f"_sp{sp}" if sp > 1 else ""), result, markdown, plot)
     return result
 
 
