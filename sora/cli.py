@@ -39,8 +39,18 @@ def _cmd_train(a):
         return e.exit_code
     finally:
         preempt.restore()
+        _close_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"DiT run directory: {run}")
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before exiting: leaving gloo's threads alive at interpreter exit
+    can abort the process (exit 134), hiding the exit code launchers act on (75, 76)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _cmd_sample(a):

@@ -73,6 +73,7 @@ def main() -> int:
             return PREEMPTED
         if step == a.diverge_at:
             print(f"rank {rank}: loss is not finite at step {step}, exiting {DIVERGED}", flush=True)
+            dist.destroy_process_group()   # exiting with gloo's threads alive can abort (134) instead
             return DIVERGED
         time.sleep(a.step_time)
         x = torch.tensor([float(step)])
