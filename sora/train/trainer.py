@@ -166,9 +166,10 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
         if saved is None:
             raise RuntimeError(f"checkpoint in {ckpt_dir} has no RNG/loader state for rank {dims.rank}")
         rng_state.restore(saved["rng"], {"noise": gen})
-        loader.skip(saved["packs_taken"])
+        replay = saved["packs_taken"] if start < cfg.train.steps else 0   # a finished run only re-exports
+        loader.skip(replay)
         if dims.is_main:
-            log.info("resumed from %s at step %d (loader replayed %d packs)", ckpt_dir, start, saved["packs_taken"])
+            log.info("resumed from %s at step %d (loader replayed %d packs)", ckpt_dir, start, replay)
 
     def checkpoint(step: int) -> None:
         save_checkpoint(engine, ema, ckpt_dir, step, cfg.run.keep_checkpoints,
