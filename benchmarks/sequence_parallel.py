@@ -29,7 +29,8 @@ def worker(a) -> None:
 
     from sora.models.dit import DiT
     from sora.parallel.sequence import shard_rows, shard_sequence
-    from sora.parallel.ulysses import all_to_all_bytes, wrap_for_sequence_parallel
+    from sora.parallel.ulysses import wrap_for_sequence_parallel
+    from sora.train.flops import ulysses_alltoall_bytes
 
     import deepspeed
 
@@ -93,7 +94,7 @@ def worker(a) -> None:
     rec = {"rank": rank, "sp": sp, "tokens": n, "local_tokens": int(args[0].shape[0]),
            "activation_bytes": act, "step_s": sorted(times)[len(times) // 2],
            "all_to_all_forward_bytes": fwd_bytes, "all_to_all_forward_calls": fwd_calls,
-           "all_to_all_forward_bytes_analytic": all_to_all_bytes(-(-n // sp) * sp, a.width, sp, a.depth, 4) if sp > 1 else 0}
+           "all_to_all_forward_bytes_analytic": a.depth * ulysses_alltoall_bytes(-(-n // sp) * sp, a.width, sp, 4)}
     gathered = [None] * sp
     dist.all_gather_object(gathered, rec)
     if rank == 0:

@@ -76,13 +76,6 @@ def wrap_for_sequence_parallel(dit, group) -> UlyssesSelfAttention:
     return wrapper
 
 
-def all_to_all_bytes(tokens: int, width: int, sp: int, layers: int, element_bytes: int) -> int:
-    """Analytic forward all-to-all traffic per rank per step: q, k, v in and the output back,
-    each a [tokens/sp, width] slice of which (sp-1)/sp leaves the rank; 4·N·h·bytes/sp per layer
-    counting the whole slice (what `all_to_all_single` is handed)."""
-    return 4 * tokens * width * element_bytes * layers // sp
-
-
 def pack_checksum(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """A cheap fingerprint of a pack, compared across a sequence-parallel group in debug mode."""
     w = torch.arange(1, x.shape[0] + 1, dtype=torch.float64, device=x.device)

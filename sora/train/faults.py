@@ -7,7 +7,6 @@ together and exit with `exit_codes.PREEMPTED`. A signal handler never does colle
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 
@@ -36,12 +35,13 @@ class PreemptionFlag:
     def _handle(self, signum, frame) -> None:
         self.received = signum
 
-    def agreed(self) -> bool:
-        """True on every rank if any rank got a signal (a collective: call it on all ranks)."""
+    def agreed(self, device="cpu") -> bool:
+        """True on every rank if any rank got a signal (a collective: call it on all ranks; `device`
+        is where the backend reduces: the GPU under NCCL)."""
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([0 if self.received is None else 1], dtype=torch.int32)
+        flag = torch.tensor([0 if self.received is None else 1], dtype=torch.int32, device=device)
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
@@ -60,9 +60,10 @@ class NonFiniteGuard:
         self.in_a_row = 0
         self.total = 0
 
-    def after_step(self, applied: bool, grad_norm: float, step: int) -> bool:
-        """Returns True when the step was skipped."""
-        skipped = not applied or not math.isfinite(grad_norm)
+    def after_step(self, applied: bool, step: int) -> bool:
+        """Returns True when the step was skipped. DeepSpeed marks a step with a non-finite
+        gradient norm as not applied, so no norm needs reading back here (a host sync per step)."""
+        skipped = not applied
         if not skipped:
             self.in_a_row = 0
             return False

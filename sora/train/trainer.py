@@ -200,17 +200,18 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
                 objective = objective * float("nan")
             engine.backward(objective)
             engine.step()
-            grad_norm = float(engine.get_global_grad_norm() or 0.0)
-            skipped = guard.after_step(engine.was_step_applied(), grad_norm, step)
+            skipped = guard.after_step(engine.was_step_applied(), step)
             if not skipped:
                 ema.update(step)
             if step % cfg.run.log_every == 0 or step == cfg.train.steps - 1 or skipped:
                 loss, tokens = loss.item(), int(tokens.item())   # read back only on logged steps, before timing
+                grad_norm = float(engine.get_global_grad_norm() or 0.0)
                 dt = time.perf_counter() - t0
                 seqlens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
                 ctx_lens = [1 + len(c.split()) for c in batch.captions]
-                flops = torch.tensor(float(train_flops(depth, width, in_dim, text_dim, cfg.model.mlp_ratio, seqlens, ctx_lens)))
-                eff = torch.tensor(batch.efficiency)
+                flops = torch.tensor(float(train_flops(depth, width, in_dim, text_dim, cfg.model.mlp_ratio, seqlens,
+                                                       ctx_lens)), device=device)   # on the device: NCCL reduces there
+                eff = torch.tensor(batch.efficiency, device=device)
                 dist.all_reduce(flops)   # each pack is counted by its sp ranks: divide by sp
                 dist.all_reduce(eff)
                 skips = [None] * dims.world  # each data-parallel rank reads its own shards: sum their skips
@@ -226,7 +227,7 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
                 metrics.log(rec)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
             guard.check(step)
-            if preempt.agreed():
+            if preempt.agreed(device):
                 checkpoint(step)
                 signame = signal.Signals(preempt.received).name if preempt.received else "a peer's signal"
                 raise Preempted(f"checkpointed step {step} after {signame}; resume by rerunning the same command")
