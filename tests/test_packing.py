@@ -83,3 +83,34 @@ def test_ranks_split_data_without_overlap_or_loss(tmp_path):
         keys = [[k for k, _, _ in VideoStream(paths, cfg, 2, 4, (1, 2, 2), r, dp, seed=0, epochs=1)] for r in range(dp)]
         flat = [k for ks in keys for k in ks]
         assert sorted(flat) == sorted(set(flat)) and len(flat) == 12, (dp, keys)
+
+
+def test_latent_cache_is_bounded_and_eviction_changes_nothing():
+    """PackedLoader keeps at most cache_items latents; re-encoding an evicted clip gives the same packs."""
+    from sora.data.loader import PackedLoader
+
+    class Clips:
+        dp_rank = 0
+
+        def __iter__(self):                                      # 10 clips, seen 4 times each
+            for i in range(40):
+                k = i % 10
+                g = torch.Generator().manual_seed(k)
+                yield f"k{k}", torch.randn(3, 1, 8, 8 + 4 * (k % 3), generator=g), f"c{k}"
+
+    encoded = []
+
+    def encode(video):
+        encoded.append(1)
+        return video[:, :, ::2, ::2].clone()                     # deterministic stand-in: [3, 1, 4, W/2]
+
+    packs, calls = {}, {}
+    for size in (1024, 3):
+        encoded.clear()
+        loader = PackedLoader(Clips(), encode, (1, 2, 2), 20, lookahead=4, cache_items=size)
+        packs[size] = [next(loader) for _ in range(12)]
+        assert len(loader.cache) <= size
+        calls[size] = len(encoded)
+    assert calls[1024] == 10 < calls[3]                           # all cached vs evicted and re-encoded
+    for a, b in zip(packs[1024], packs[3]):
+        assert a.keys == b.keys and torch.equal(a.x, b.x) and torch.equal(a.cu_seqlens, b.cu_seqlens)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -91,22 +92,32 @@ class PackedLoader:
 
     def __init__(self, videos: VideoStream, encode: Callable[[torch.Tensor], torch.Tensor], patch,
                  tokens_per_batch: int, caption_dropout: float = 0.0, seed: int = 0, lookahead: int = 32,
-                 latent_shape: Callable[[int, int, int], tuple] | None = None):
+                 latent_shape: Callable[[int, int, int], tuple] | None = None, cache_items: int = 1024):
         self.videos, self.encode, self.patch = videos, encode, tuple(patch)
         self.budget, self.dropout, self.lookahead = tokens_per_batch, caption_dropout, lookahead
         self.latent_shape = latent_shape
         self.rng = np.random.default_rng([seed, videos.dp_rank, 7])
-        self.cache: dict[str, tuple[torch.Tensor, tuple]] = {}
+        # Least-recently-used latents, bounded: a small dataset is encoded once, a large one does
+        # not grow memory without end (use `sora preprocess` there). Encoding is deterministic, so
+        # what is evicted and encoded again is identical.
+        self.cache: OrderedDict[str, tuple[torch.Tensor, tuple]] = OrderedDict()
+        self.cache_items = cache_items
         self.buffer: list[_Pending] = []
         self.stream = iter(self.videos)
         self.exhausted = False
         self.packs_taken = 0
 
+    def _token_grid(self, latent_shape) -> tuple[int, int, int]:
+        return tuple(s // p for s, p in zip(latent_shape[1:], self.patch))   # (C, T', H', W') -> tokens
+
     def _latent(self, key: str, video: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-        if key not in self.cache:
+        if key in self.cache:
+            self.cache.move_to_end(key)
+        else:
             latent = self.encode(video)                                  # [C, T', H', W']
-            grid = tuple(s // p for s, p in zip(latent.shape[1:], self.patch))
-            self.cache[key] = (patchify(latent, self.patch), grid)
+            self.cache[key] = (patchify(latent, self.patch), self._token_grid(latent.shape))
+            if len(self.cache) > self.cache_items:
+                self.cache.popitem(last=False)
         return self.cache[key]
 
     def _grid(self, key: str, video: torch.Tensor) -> tuple[int, int, int]:
@@ -114,8 +125,7 @@ class PackedLoader:
             return self.cache[key][1]
         if self.latent_shape is None:
             return self._latent(key, video)[1]
-        shape = self.latent_shape(*video.shape[1:])                     # (C, T', H', W')
-        return tuple(s // p for s, p in zip(shape[1:], self.patch))
+        return self._token_grid(self.latent_shape(*video.shape[1:]))
 
     def _fill(self) -> None:
         while not self.exhausted and len(self.buffer) < self.lookahead:
