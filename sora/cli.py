@@ -58,7 +58,13 @@ def _cmd_sample(a):
     from sora.inference import Generator
 
     gen = Generator.from_run(a.run, ema=not a.no_ema)
-    video = gen.generate([a.prompt], a.frames, a.height, a.width, a.steps, a.cfg, a.seed)[0]
+    first = a.first_frame
+    if first not in (None, "joint", "generate"):                 # a path: animate that image
+        from pathlib import Path
+
+        from sora.data.video_io import decode_image
+        first = decode_image(Path(first).read_bytes())[0]        # [H, W, 3]
+    video = gen.generate([a.prompt], a.frames, a.height, a.width, a.steps, a.cfg, a.seed, first_frame=first)[0]
     write_video(a.out, video, fps=a.fps)
     print(f"wrote {a.out} ({video.shape[0]} frames, {video.shape[1]}x{video.shape[2]})")
 
@@ -73,7 +79,7 @@ def _cmd_export(a):
 def _cmd_evaluate(a):
     from sora.eval.evaluate import evaluate_run
 
-    report = evaluate_run(a.run, a.data, seeds=a.seeds)
+    report = evaluate_run(a.run, a.data, seeds=a.seeds, first_frame=a.first_frame)
     print(json.dumps(report["summary"], indent=2))
 
 
@@ -128,6 +134,9 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fps", type=float, default=8)
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    s.add_argument("--first-frame", default=None, metavar="joint|generate|IMAGE",
+                   help="joint: denoise all frames together; generate: text -> first frame -> clip; "
+                        "IMAGE (png/jpg): animate it (image-to-video). Default: the run's sample.first_frame")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_sample)
 
@@ -149,6 +158,8 @@ def main(argv=None) -> int:
     s.add_argument("--run", required=True)
     s.add_argument("--data", default=None, help="dataset directory (default: the run's data.path)")
     s.add_argument("--seeds", type=int, default=1)
+    s.add_argument("--first-frame", choices=("joint", "generate"), default=None,
+                   help="sampling mode (default: the run's sample.first_frame)")
     s.set_defaults(fn=_cmd_evaluate)
 
     s = sub.add_parser("plan", help="what fits: tokens per sample, per-GPU memory, sp degree needed")

@@ -101,6 +101,9 @@ class DiffusionConfig:
     shift_max: float = 3.0             # timestep shift at max_tokens tokens
     base_tokens: int = 64
     max_tokens: int = 1024
+    # Probability that a video sample trains image-to-video: its first latent frame is given clean
+    # (not noised, not in the loss), the rest is denoised. Enables `sample.first_frame`.
+    first_frame_prob: float = 0.0
 
 
 @dataclass
@@ -135,6 +138,9 @@ class SampleConfig:
     steps: int = 30
     cfg: float = 4.0
     sampler: str = "heun"              # euler | heun
+    # joint: every frame denoised together. generate: text -> first frame (an image), then the clip
+    # from that frame and the text (Emu Video's factorisation; needs diffusion.first_frame_prob > 0).
+    first_frame: str = "joint"
     sizes: list = field(default_factory=lambda: [[9, 48, 48], [9, 48, 64]])  # [frames, height, width]
 
 
@@ -332,6 +338,9 @@ def validate(cfg: Config) -> None:
     _require(0.0 <= cfg.train.ema < 1.0, "train.ema", f"must be in [0, 1), got {cfg.train.ema}")
     _require(cfg.train.steps >= 1, "train.steps", "must be >= 1")
     _require(s.sampler in ("euler", "heun"), "sample.sampler", f"unknown sampler '{s.sampler}'")
+    _require(s.first_frame in ("joint", "generate"), "sample.first_frame", f"unknown mode '{s.first_frame}' (joint | generate)")
+    _require(0.0 <= cfg.diffusion.first_frame_prob <= 1.0, "diffusion.first_frame_prob",
+             f"must be in [0, 1], got {cfg.diffusion.first_frame_prob}")
     _require(cfg.text.encoder in ("hash", "t5"), "text.encoder", f"unknown encoder '{cfg.text.encoder}'")
     _require(cfg.text.encoder != "t5" or bool(cfg.text.path), "text.path", "a local T5 directory is needed when text.encoder=t5")
     _require(cfg.text.dim % cfg.text.heads == 0, "text.heads", f"{cfg.text.heads} heads do not divide text.dim {cfg.text.dim}")

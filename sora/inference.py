@@ -11,7 +11,7 @@ from sora.config import Config, ConfigError
 from sora.data.packing import pack, PackItem
 from sora.diffusion.samplers import sample
 from sora.models.t2v import TextToVideo
-from sora.ops.patchify import unpatchify
+from sora.ops.patchify import patchify, unpatchify
 from sora.train.artifacts import load_vae, run_config
 
 
@@ -48,24 +48,72 @@ class Generator:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], frames: int, height: int, width: int, steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0, method: str | None = None) -> list[np.ndarray]:
-        """-> one uint8 video [T, H, W, 3] per prompt."""
+                 guidance: float | None = None, seed: int = 0, method: str | None = None,
+                 first_frame=None) -> list[np.ndarray]:
+        """-> one uint8 video [T, H, W, 3] per prompt.
+
+        first_frame: "joint" (every frame denoised together), "generate" (text -> first frame as an
+        image, then the clip from it: Emu Video's factorisation), a uint8 image [H, W, 3] to animate
+        (image-to-video), or None for the run's `sample.first_frame`."""
         self.check_size(frames, height, width)
-        s = self.cfg.sample
+        mode = self.cfg.sample.first_frame if first_frame is None else first_frame
         c, t, h, w = self.vae.latent_shape(frames, height, width)
         patch = self.cfg.model.patch
         grid = (t // patch[0], h // patch[1], w // patch[2])
         g = torch.Generator().manual_seed(seed)
-        items = [PackItem(torch.randn(grid[0] * grid[1] * grid[2], c * patch[0] * patch[1] * patch[2], generator=g),
-                          grid, p, str(i)) for i, p in enumerate(prompts)]
-        batch = pack(items).to(self.device)
-        x = sample(self.model, batch.x, batch.cu_seqlens, batch.max_seqlen, batch.grid, batch.captions,
-                   steps or s.steps, s.cfg if guidance is None else guidance, self.cfg.diffusion, method or s.sampler)
+        is_image = not isinstance(mode, str)
+        if (not is_image and mode == "joint") or (frames == 1 and not is_image):
+            latents = self._denoise(prompts, grid, g, steps, guidance, method)
+        elif frames == 1:                                                       # the given image itself
+            latents = [self._encode_image(mode, height, width)] * len(prompts)
+        else:
+            if patch[0] != 1:
+                raise ConfigError(f"first-frame sampling needs model.patch[0] = 1 (one latent frame per token frame), got {patch[0]}")
+            if not is_image:
+                if mode != "generate":
+                    raise ConfigError(f"first_frame '{mode}': expected joint, generate or an image")
+                first = self._denoise(prompts, (1,) + grid[1:], g, steps, guidance, method)   # [h*w, P] each
+            else:
+                first = [self._encode_image(mode, height, width)] * len(prompts)
+            latents = self._denoise(prompts, grid, g, steps, guidance, method, first)
         videos = []
-        for b in range(len(prompts)):
-            lo, hi = int(batch.cu_seqlens[b]), int(batch.cu_seqlens[b + 1])
-            latent = unpatchify(x[lo:hi], grid, patch, c)                       # [C, T', H', W']
+        for tokens in latents:
+            latent = unpatchify(tokens, grid, patch, c)                        # [C, T', H', W']
             video = self.vae.decode(latent[None].float())[0]                    # [3, T, H, W]
             video = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
             videos.append(video)                                                # [T, H, W, 3]
         return videos
+
+    def _denoise(self, prompts, grid, g: torch.Generator, steps, guidance, method, first=None) -> list[torch.Tensor]:
+        """Sample latent tokens [T'*H'*W', P] per prompt on a token grid; `first` (optional): each
+        prompt's first-frame tokens [H'*W', P], held fixed (given)."""
+        s = self.cfg.sample
+        p = self.vae.latent_channels * int(np.prod(self.cfg.model.patch))
+        n = grid[0] * grid[1] * grid[2]
+        items = [PackItem(torch.randn(n, p, generator=g), grid, prompt, str(i)) for i, prompt in enumerate(prompts)]
+        batch = pack(items).to(self.device)
+        given = x_given = None
+        if first is not None:
+            frame_tokens = grid[1] * grid[2]
+            given = torch.zeros(n, dtype=torch.bool)
+            given[:frame_tokens] = True
+            given = given.repeat(len(prompts)).to(self.device)                  # [N]
+            x_given = torch.cat([torch.cat([f.to(batch.x), batch.x.new_zeros(n - frame_tokens, p)]) for f in first])
+        x = sample(self.model, batch.x, batch.cu_seqlens, batch.max_seqlen, batch.grid, batch.captions,
+                   steps or s.steps, s.cfg if guidance is None else guidance, self.cfg.diffusion, method or s.sampler,
+                   given=given, x_given=x_given)
+        return [x[int(batch.cu_seqlens[b]):int(batch.cu_seqlens[b + 1])] for b in range(len(prompts))]
+
+    def _encode_image(self, image: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """uint8 [H, W, 3] -> first-frame latent tokens [H'*W', P] at height x width (resized, centre-cropped)."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"first frame must be a uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+        x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 127.5 - 1.0   # [1, 3, H, W]
+        s = max(height / x.shape[2], width / x.shape[3])
+        size = (max(height, round(x.shape[2] * s)), max(width, round(x.shape[3] * s)))
+        x = torch.nn.functional.interpolate(x, size=size, mode="area" if s < 1 else "bilinear", align_corners=None)
+        top, left = (size[0] - height) // 2, (size[1] - width) // 2
+        x = x[:, :, top:top + height, left:left + width]                        # [1, 3, height, width]
+        latent = self.vae.encode(x[:, :, None].to(self.device))[0]             # [C, 1, H', W']
+        return patchify(latent, self.cfg.model.patch)

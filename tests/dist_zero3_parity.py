@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from sora.config import load_config
 from sora.data.packing import PackItem, concat_packs, pack
+from sora.diffusion.flow import first_frame_tokens
 from sora.models.t2v import TextToVideo
 from sora.parallel.dims import init_distributed
 from sora.train.checkpoint import gather_full_state
@@ -21,7 +22,8 @@ CAPS = ["a red circle moving left", "a blue square moving up", "", "a white tria
 
 
 def make_pack(step, which, in_dim, cfg):
-    """Deterministic pack + its noise and times; sizes differ per pack (images and videos)."""
+    """Deterministic pack + its noise, times and given tokens; sizes differ per pack (images and
+    videos); every video trains image-to-video (first frame given), images as usual."""
     g = torch.Generator().manual_seed(1000 * step + which)
     grids = [(1, 2, 3), (3, 2, 2), (1, 1, 1)] if which == 0 else [(5, 2, 3), (1, 4, 4)]
     items = [PackItem(torch.randn(t * h * w, in_dim, generator=g), (t, h, w), CAPS[(i + which) % 4], f"{which}-{i}")
@@ -29,7 +31,8 @@ def make_pack(step, which, in_dim, cfg):
     b = pack(items)
     t = torch.rand(b.num_samples, generator=g)
     noise = torch.randn(tuple(b.x.shape), generator=g)
-    return b, t, noise
+    given = first_frame_tokens(b.cu_seqlens, b.grid, torch.tensor([True] * b.num_samples))
+    return b, t, noise, given
 
 
 def main(out_path, steps):
@@ -52,10 +55,10 @@ def main(out_path, steps):
         packs = [make_pack(step, w, model.dit.in_dim, cfg) for w in range(2)]
         if dims.world == 1:
             batch = concat_packs([p[0] for p in packs])
-            t, noise = torch.cat([p[1] for p in packs]), torch.cat([p[2] for p in packs])
+            t, noise, given = (torch.cat([p[i] for p in packs]) for i in (1, 2, 3))
         else:
-            batch, t, noise = packs[dims.rank]
-        objective, loss, tokens = flow_matching_loss(engine, step_input(batch, t, noise, dims, None))
+            batch, t, noise, given = packs[dims.rank]
+        objective, loss, tokens = flow_matching_loss(engine, step_input(batch, t, noise, given, dims, None))
         engine.backward(objective)
         if step == 0:
             for name, p in engine.module.named_parameters():

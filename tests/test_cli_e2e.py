@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -81,6 +82,14 @@ def test_pipeline_end_to_end_with_bad_input(tmp_path):
                  "--height", "40", "--width", "72", "--steps", "2", "--out", str(tmp_path / out), cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         assert (tmp_path / out).stat().st_size > 0
+    # text -> first frame -> clip, and animating a given image (resized and cropped to the size asked)
+    from PIL import Image
+    Image.fromarray(np.full((50, 30, 3), 200, np.uint8)).save(tmp_path / "first.png")
+    for first in ("generate", str(tmp_path / "first.png")):
+        r = sora("sample", "--run", str(run), "--prompt", "a red circle moving up", "--frames", "5", "--height", "40",
+                 "--width", "24", "--steps", "2", "--first-frame", first, "--out", str(tmp_path / "c.mp4"), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert (tmp_path / "c.mp4").stat().st_size > 0
     # a size the factors do not allow is refused with the flag named
     r = sora("sample", "--run", str(run), "--prompt", "x", "--frames", "4", "--height", "40", "--width", "72",
              "--out", str(tmp_path / "b.gif"), cwd=tmp_path)

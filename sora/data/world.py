@@ -43,9 +43,9 @@ _CAPTION_RE = re.compile(
     re.IGNORECASE,
 )
 
-# Shape size and travel, as fractions of the frame (see render_clip).
+# Shape size, and the least travel, as fractions of the frame (see render_clip).
 SIZE_RANGE = (0.30, 0.45)
-TRAVEL_RANGE = (0.35, 0.60)
+MIN_TRAVEL = 0.15
 
 
 def caption(colour: str, shape: str, direction: str) -> str:
@@ -97,12 +97,18 @@ def render_clip(
     if frames > 1:
         horizontal = direction in ("left", "right")
         extent = width if horizontal else height
-        # Travel a clearly visible distance but never leave the frame.
-        travel = min(rng.uniform(*TRAVEL_RANGE) * extent, extent - size)
-        start = rng.uniform(0, extent - size - travel)
+        free = extent - size                     # where the box's corner may be along the motion
+        least = min(MIN_TRAVEL * extent, free)
         sign = 1.0 if direction in ("right", "down") else -1.0
+        # The start is uniform over every place that leaves room for the least travel, and the
+        # travel uses a random share of the room ahead. A start drawn from the direction-specific
+        # range a fixed long travel leaves (e.g. "right" only from the left edge) would give the
+        # direction away from the first frame, and a model would learn the position, not the word.
+        start = rng.uniform(0, free - least)
+        room = free - start
+        travel = rng.uniform(least, max(least, room))
         if sign < 0:
-            start += travel
+            start = free - start                 # mirror: the same law moving the other way
         path = start + sign * travel * np.linspace(0.0, 1.0, frames)  # [T]
         if horizontal:
             xs = path

@@ -33,6 +33,17 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t_tok: torch.Tensor) -> tor
     return (1 - t) * x0 + t * noise
 
 
+def first_frame_tokens(cu_seqlens: torch.Tensor, grid: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """[N] bool: the tokens of the first latent frame of each chosen sample [B] that has more than one
+    frame (an image has nothing left to generate from its only frame)."""
+    from sora.ops.packing_index import sample_index, token_positions
+
+    n = int(cu_seqlens[-1])
+    sid = sample_index(cu_seqlens, n)                                      # [N]
+    frame = token_positions(cu_seqlens, grid)[:, 0]                        # [N]
+    return (chosen & (grid[:, 0] > 1))[sid] & (frame == 0)
+
+
 def flow_loss_sum(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None = None):
     """Sum over tokens of the per-token mean squared velocity error; `weight` [N] masks pad tokens.
     Returned as a sum so the caller can divide by the token count of the whole data-parallel group."""

@@ -2,6 +2,7 @@
 
 Conditional and unconditional branches run as one packed batch: the same samples twice, the
 second half with the empty caption. Packing makes CFG a single forward.
+Tokens marked `given` (image-to-video: a known first frame) hold their clean value throughout.
 """
 from __future__ import annotations
 
@@ -17,34 +18,40 @@ def timestep_schedule(steps: int, tokens: int, cfg) -> torch.Tensor:
 
 
 @torch.no_grad()
-def guided_velocity(model, x, cu, max_seqlen, grid, t, captions, guidance: float):
-    """x [N, P] -> guided velocity [N, P]."""
+def guided_velocity(model, x, cu, max_seqlen, grid, t, captions, guidance: float, given=None):
+    """x [N, P] -> guided velocity [N, P]; zero on `given` tokens [N] bool."""
     if guidance == 1.0:
-        return model(x, cu, max_seqlen, grid, t, captions)
-    n = x.shape[0]
-    x2 = torch.cat([x, x])
-    cu2 = torch.cat([cu, cu[1:] + n])
-    v = model(x2, cu2, max_seqlen, torch.cat([grid, grid]), torch.cat([t, t]), list(captions) + [""] * len(captions))
-    v_cond, v_uncond = v[:n], v[n:]
-    return v_uncond + guidance * (v_cond - v_uncond)
+        v = model(x, cu, max_seqlen, grid, t, captions, given=given)
+    else:
+        n = x.shape[0]
+        x2 = torch.cat([x, x])
+        cu2 = torch.cat([cu, cu[1:] + n])
+        given2 = None if given is None else torch.cat([given, given])
+        v = model(x2, cu2, max_seqlen, torch.cat([grid, grid]), torch.cat([t, t]),
+                  list(captions) + [""] * len(captions), given=given2)
+        v_cond, v_uncond = v[:n], v[n:]
+        v = v_uncond + guidance * (v_cond - v_uncond)
+    return v if given is None else v.masked_fill(given[:, None], 0.0)
 
 
 @torch.no_grad()
 def sample(model, noise, cu, max_seqlen, grid, captions, steps: int, guidance: float, diffusion_cfg,
-           method: str = "heun", tokens_for_shift: int | None = None):
-    """Integrate from noise (t=1) to data (t=0). All samples share one schedule (same size)."""
+           method: str = "heun", tokens_for_shift: int | None = None, given=None, x_given=None):
+    """Integrate from noise (t=1) to data (t=0). All samples share one schedule (same size).
+
+    given [N] bool + x_given [N, P] (optional): tokens fixed to clean values (image-to-video)."""
     tokens = tokens_for_shift or int((cu[1:] - cu[:-1]).max())
     ts = timestep_schedule(steps, tokens, diffusion_cfg).to(noise.device)
     b = cu.numel() - 1
-    x = noise
+    x = noise if given is None else torch.where(given[:, None], x_given, noise)
     for i in range(steps):
         t0, t1 = ts[i], ts[i + 1]
-        v0 = guided_velocity(model, x, cu, max_seqlen, grid, t0.expand(b), captions, guidance)
+        v0 = guided_velocity(model, x, cu, max_seqlen, grid, t0.expand(b), captions, guidance, given)
         x_euler = x + (t1 - t0) * v0
         if method == "euler" or i == steps - 1:   # last step to t=0: Heun's corrector would evaluate at t=0 anyway
             x = x_euler
         elif method == "heun":
-            v1 = guided_velocity(model, x_euler, cu, max_seqlen, grid, t1.expand(b), captions, guidance)
+            v1 = guided_velocity(model, x_euler, cu, max_seqlen, grid, t1.expand(b), captions, guidance, given)
             x = x + (t1 - t0) * 0.5 * (v0 + v1)
         else:
             raise ValueError(f"unknown sampler '{method}' (euler | heun)")

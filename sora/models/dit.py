@@ -123,9 +123,12 @@ class DiT(nn.Module):
         self.checkpointing = checkpointing
         self.kernels = select_kernels(configured=backend, device=device)         # chosen once, stored
         self.patch_embed = nn.Linear(in_dim, width)
-        # Absolute frame index (RoPE alone is relative): lets the model place a moving object per
-        # frame from the very first, noisiest sampling steps, before any frame holds content.
-        self.frame_embed = nn.Linear(64, width)
+        # Absolute frame index (RoPE alone is relative), mixed with the pooled caption: each token
+        # knows how far along the caption's motion its frame is, so attention can look for the
+        # object where the caption says it went (a shift whose sign flips with "left"/"right").
+        self.frame_embed = nn.Sequential(nn.Linear(64 + width, width), nn.SiLU(), nn.Linear(width, width))
+        # Marks tokens given clean (image-to-video: the first frame is known and is not denoised).
+        self.given_embed = nn.Parameter(torch.randn(width) / width ** 0.5)
         self.t_embed = TimestepEmbedder(width)
         self.text_pool = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, width))
         self.ada_single = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
@@ -135,17 +138,26 @@ class DiT(nn.Module):
         nn.init.zeros_(self.ada_single[1].weight)   # gates start at zero: blocks start as identity
         nn.init.zeros_(self.ada_single[1].bias)
 
-    def forward(self, x, cu_seqlens, max_seqlen, grid, t, ctx, cu_seqlens_ctx, max_seqlen_ctx, token_offset=None):
+    def forward(self, x, cu_seqlens, max_seqlen, grid, t, ctx, cu_seqlens_ctx, max_seqlen_ctx, token_offset=None,
+                given=None):
         """x [N, in_dim] noisy latent patches; t [B]; ctx [M, Dt] -> velocity [N, in_dim].
 
         token_offset [B] (optional): entry b is a segment of a larger sample (grid[b] is the whole
         sample's) that starts at this token; self-attention must then see whole samples (Ulysses).
+        given [N] bool (optional): tokens that are clean conditioning (x0 itself, e.g. a first frame),
+        not noise at time t; their output is ignored.
         """
         b = cu_seqlens.numel() - 1
-        c = self.t_embed(t) + self.text_pool(segment_mean(ctx, cu_seqlens_ctx))  # [B, W]
+        text = self.text_pool(segment_mean(ctx, cu_seqlens_ctx))                # [B, W]
+        c = self.t_embed(t) + text                                               # [B, W]
         cond = self.ada_single(c).view(b, 6, self.width)                         # [B, 6, W]
         frame = token_positions(cu_seqlens, grid, token_offset)[:, 0]            # [N] latent frame index
-        h = self.patch_embed(x) + self.frame_embed(timestep_features(frame / 1000.0, 64).to(x.dtype))  # [N, W]
+        sid = sample_index(cu_seqlens, x.shape[0])                               # [N]
+        frame_text = torch.cat([timestep_features(frame / 1000.0, 64).to(x.dtype), text[sid]], dim=1)  # [N, 64+W]
+        h = self.patch_embed(x) + self.frame_embed(frame_text)                   # [N, W]
+        if given is None:   # used every step all the same: ZeRO-3 expects every parameter to get a gradient
+            given = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        h = h + given[:, None].to(h.dtype) * self.given_embed
         args = (cond, cu_seqlens, max_seqlen, grid, ctx, cu_seqlens_ctx, max_seqlen_ctx, self.kernels)
         for blk in self.blocks:
             if self.checkpointing and self.training:

@@ -39,7 +39,7 @@ class TextToVideo(nn.Module):
         ctx, cu = self._frozen_text[0].encode(captions)
         return ctx.to(device), cu.to(device)
 
-    def forward(self, x, cu_seqlens, max_seqlen, grid, t, captions: list[str], token_offset=None):
+    def forward(self, x, cu_seqlens, max_seqlen, grid, t, captions: list[str], token_offset=None, given=None):
         ctx, cu_ctx = self.encode_text(captions, x.device)
         max_ctx = int((cu_ctx[1:] - cu_ctx[:-1]).max())
-        return self.dit(x, cu_seqlens, max_seqlen, grid, t, ctx.to(x.dtype), cu_ctx, max_ctx, token_offset)
+        return self.dit(x, cu_seqlens, max_seqlen, grid, t, ctx.to(x.dtype), cu_ctx, max_ctx, token_offset, given)

@@ -17,7 +17,7 @@ from sora.config import Config, resolved_dims, save_config
 from sora.data.latent_shards import latent_stream, uses_latent_shards
 from sora.data.loader import PackedLoader, VideoStream
 from sora.data.shards import SkipStats, list_shards
-from sora.diffusion.flow import add_noise, flow_loss_sum, sample_timesteps
+from sora.diffusion.flow import add_noise, first_frame_tokens, flow_loss_sum, sample_timesteps
 from sora.models.t2v import TextToVideo
 from sora.ops.packing_index import sample_index
 from sora.parallel.deepspeed_config import deepspeed_config
@@ -49,13 +49,19 @@ def build_engine(cfg: Config, model: torch.nn.Module, bf16: bool, mpu=None):
     return engine, sched
 
 
-def draw_noise(batch, gen: torch.Generator, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample times t [B] and noise [N, P] for one packed batch (drawn on the CPU: reproducible,
-    and identical on every rank of a sequence-parallel group, which share the generator seed)."""
+def draw_noise(batch, gen: torch.Generator, cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample times t [B], noise [N, P] and given [N] (tokens kept clean: first frames of the
+    samples drawn for image-to-video) for one packed batch. Drawn on the CPU: reproducible, and
+    identical on every rank of a sequence-parallel group, which share the generator seed."""
     lens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).long().cpu()
     t = sample_timesteps(lens, cfg.diffusion, gen)
     noise = torch.randn(tuple(batch.x.shape), generator=gen)
-    return t.to(batch.x.device), noise.to(batch.x.device, batch.x.dtype)
+    given = torch.zeros(batch.num_tokens, dtype=torch.bool)
+    if cfg.diffusion.first_frame_prob > 0:   # drawn only then: other configs keep their random stream
+        chosen = torch.rand(lens.shape, generator=gen) < cfg.diffusion.first_frame_prob   # [B]
+        given = first_frame_tokens(batch.cu_seqlens.cpu(), batch.grid.cpu(), chosen)
+    dev = batch.x.device
+    return t.to(dev), noise.to(dev, batch.x.dtype), given.to(dev)
 
 
 @dataclass
@@ -70,12 +76,13 @@ class StepInput:
     captions: list[str]
     offset: torch.Tensor | None  # [S] first token of each segment inside its sample
     real: int                    # the first `real` rows count in the loss (the rest is pad)
+    given: torch.Tensor          # [L] bool tokens kept clean (conditioning, not in the loss)
 
 
-def step_input(batch, t, noise, dims: ParallelDims, ulysses) -> StepInput:
+def step_input(batch, t, noise, given, dims: ParallelDims, ulysses) -> StepInput:
     if dims.sp == 1:
         return StepInput(batch.x, noise, t, batch.cu_seqlens, batch.max_seqlen, batch.grid, batch.captions,
-                         None, batch.num_tokens)
+                         None, batch.num_tokens, given)
     shard = shard_sequence(batch.cu_seqlens, batch.grid, dims.sp, dims.sp_rank)
     ulysses.bind(shard, batch.x.device)
     seg = shard.segment_sample                                   # [S]; index B is the pad sample
@@ -84,7 +91,8 @@ def step_input(batch, t, noise, dims: ParallelDims, ulysses) -> StepInput:
     dev = batch.x.device
     return StepInput(shard_rows(batch.x, shard), shard_rows(noise, shard), t_all[seg.to(dev)],
                      shard.cu_seqlens.to(dev), shard.max_seqlen, shard.full_grid[seg].to(dev),
-                     [captions[i] for i in seg.tolist()], shard.segment_offset.to(dev), shard.local_real)
+                     [captions[i] for i in seg.tolist()], shard.segment_offset.to(dev), shard.local_real,
+                     shard_rows(given, shard))
 
 
 def flow_matching_loss(engine, inp: StepInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,15 +108,17 @@ def flow_matching_loss(engine, inp: StepInput) -> tuple[torch.Tensor, torch.Tens
     """
     cu = inp.cu_seqlens
     xt = add_noise(inp.x0, inp.noise, inp.t[sample_index(cu, inp.x0.shape[0])])
-    pred = engine(xt, cu, inp.max_seqlen, inp.grid, inp.t.to(inp.x0.dtype), inp.captions, inp.offset)
+    xt = torch.where(inp.given[:, None], inp.x0, xt)                       # given tokens stay clean
+    pred = engine(xt, cu, inp.max_seqlen, inp.grid, inp.t.to(inp.x0.dtype), inp.captions, inp.offset, inp.given)
     r = inp.real
-    loss_sum = flow_loss_sum(pred[:r], inp.x0[:r], inp.noise[:r])
-    stats = torch.stack([loss_sum.detach().double(), loss_sum.new_tensor(r, dtype=torch.float64)])
+    scored = ~inp.given[:r]                                                # [r] tokens in the loss
+    loss_sum = flow_loss_sum(pred[:r], inp.x0[:r], inp.noise[:r], scored.to(pred.dtype))
+    stats = torch.stack([loss_sum.detach().double(), scored.sum().double(), loss_sum.new_tensor(r, dtype=torch.float64)])
     world = 1
     if dist.is_initialized():
         dist.all_reduce(stats)
         world = dist.get_world_size()
-    return loss_sum * (world / stats[1]).to(loss_sum.dtype), stats[0] / stats[1], stats[1]
+    return loss_sum * (world / stats[1]).to(loss_sum.dtype), stats[0] / stats[1], stats[2]
 
 
 def check_identical_packs(batch, group) -> None:
@@ -194,8 +204,8 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
             batch = next(loader).to(device, dtype)
             if cfg.parallel.check_packs and mpu:
                 check_identical_packs(batch, mpu.get_sequence_parallel_group())
-            t, noise = draw_noise(batch, gen, cfg)
-            objective, loss, tokens = flow_matching_loss(engine, step_input(batch, t, noise, dims, ulysses))
+            t, noise, given = draw_noise(batch, gen, cfg)
+            objective, loss, tokens = flow_matching_loss(engine, step_input(batch, t, noise, given, dims, ulysses))
             if step in nan_steps:
                 objective = objective * float("nan")
             engine.backward(objective)
