@@ -10,6 +10,15 @@ start=$(date +%s)
 stage() { echo; echo "== $* ($(( $(date +%s) - start ))s)"; }
 
 stage "1/4 synthesise the moving-shapes dataset -> $DATA"
+# Data from an older version of the world is re-synthesised; a DiT run trained on it is moved
+# aside (not deleted), since its clips and its model no longer match.
+current() { "$PY/python" -c 'import json, sys; from sora.data.world import WORLD_VERSION as v
+sys.exit(json.load(open(sys.argv[1])).get("world_version", 1) != v)' "$DATA/manifest.json"; }
+if [ -f "$DATA/manifest.json" ] && ! current; then
+  echo "$DATA is from an older moving-shapes world: re-synthesising"
+  rm -f "$DATA"/*.tar "$DATA/manifest.json"
+  if [ -d runs/demo ]; then mv runs/demo "runs/demo.stale-$(date +%Y%m%d-%H%M%S)"; echo "moved the old runs/demo aside"; fi
+fi
 if [ -f "$DATA/manifest.json" ]; then echo "kept: $DATA/manifest.json exists"; else
   "$PY/sora" synth --out "$DATA" --clips 512 --heldout 32 --seed 0; fi
 

@@ -339,8 +339,12 @@ def validate(cfg: Config) -> None:
     _require(cfg.train.steps >= 1, "train.steps", "must be >= 1")
     _require(s.sampler in ("euler", "heun"), "sample.sampler", f"unknown sampler '{s.sampler}'")
     _require(s.first_frame in ("joint", "generate"), "sample.first_frame", f"unknown mode '{s.first_frame}' (joint | generate)")
-    _require(0.0 <= cfg.diffusion.first_frame_prob <= 1.0, "diffusion.first_frame_prob",
-             f"must be in [0, 1], got {cfg.diffusion.first_frame_prob}")
+    ffp = cfg.diffusion.first_frame_prob
+    _require(0.0 <= ffp <= 1.0, "diffusion.first_frame_prob", f"must be in [0, 1], got {ffp}")
+    _require(s.first_frame != "generate" or ffp > 0, "sample.first_frame",
+             "'generate' needs a model trained with diffusion.first_frame_prob > 0 (it never saw a given first frame)")
+    _require(s.first_frame != "joint" or ffp < 1, "sample.first_frame",
+             "'joint' needs a model trained with diffusion.first_frame_prob < 1 (it never denoised a whole clip)")
     _require(cfg.text.encoder in ("hash", "t5"), "text.encoder", f"unknown encoder '{cfg.text.encoder}'")
     _require(cfg.text.encoder != "t5" or bool(cfg.text.path), "text.path", "a local T5 directory is needed when text.encoder=t5")
     _require(cfg.text.dim % cfg.text.heads == 0, "text.heads", f"{cfg.text.heads} heads do not divide text.dim {cfg.text.dim}")

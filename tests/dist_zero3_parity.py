@@ -23,7 +23,7 @@ CAPS = ["a red circle moving left", "a blue square moving up", "", "a white tria
 
 def make_pack(step, which, in_dim, cfg):
     """Deterministic pack + its noise, times and given tokens; sizes differ per pack (images and
-    videos); every video trains image-to-video (first frame given), images as usual."""
+    videos); one video trains image-to-video (first frame given), the other whole."""
     g = torch.Generator().manual_seed(1000 * step + which)
     grids = [(1, 2, 3), (3, 2, 2), (1, 1, 1)] if which == 0 else [(5, 2, 3), (1, 4, 4)]
     items = [PackItem(torch.randn(t * h * w, in_dim, generator=g), (t, h, w), CAPS[(i + which) % 4], f"{which}-{i}")
@@ -31,7 +31,7 @@ def make_pack(step, which, in_dim, cfg):
     b = pack(items)
     t = torch.rand(b.num_samples, generator=g)
     noise = torch.randn(tuple(b.x.shape), generator=g)
-    given = first_frame_tokens(b.cu_seqlens, b.grid, torch.tensor([True] * b.num_samples))
+    given = first_frame_tokens(b.cu_seqlens, b.grid, torch.arange(b.num_samples) % 2 == 1)
     return b, t, noise, given
 
 

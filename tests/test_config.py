@@ -33,10 +33,19 @@ def test_overrides_typed():
     ("model.size=DiT-Q", "model.size"),
     ("parallel.sp=4", "parallel.sp"),                     # 6 heads not divisible by 4
     ("data.tokens_per_batch=10", "data.tokens_per_batch"),
+    ("diffusion.first_frame_prob=1.5", "diffusion.first_frame_prob"),
+    ("sample.first_frame=joint", "sample.first_frame"),   # the demo never denoises a whole clip
+    ("sample.first_frame=both", "sample.first_frame"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         load_config("configs/demo.yaml", [override])
+
+
+def test_generate_mode_needs_first_frame_training():
+    with pytest.raises(ConfigError, match="sample.first_frame"):
+        load_config("configs/demo.yaml", ["diffusion.first_frame_prob=0"])
+    load_config("configs/demo.yaml", ["diffusion.first_frame_prob=0", "sample.first_frame=joint"])
 
 
 def test_missing_file():

@@ -13,7 +13,7 @@ import numpy as np
 import webdataset as wds
 
 from sora.data.video_io import encode_mp4, encode_png
-from sora.data.world import HELDOUT_COMBOS, TRAIN_COMBOS, caption, render_clip
+from sora.data.world import HELDOUT_COMBOS, TRAIN_COMBOS, WORLD_VERSION, caption, render_clip
 
 FPS = 8
 FRAMES = (1, 5, 9, 17)
@@ -70,6 +70,7 @@ def synthesize(out_dir: str | os.PathLike, clips: int = 512, seed: int = 0, shar
     heldout = _write_split(out_dir, "heldout", heldout_clips, HELDOUT_COMBOS, shard_size,
                            np.random.default_rng(heldout_seq))
     manifest = {
+        "world_version": WORLD_VERSION,
         "seed": seed,
         "clips": clips,
         "heldout_clips": heldout_clips,

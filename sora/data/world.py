@@ -10,6 +10,10 @@ import re
 
 import numpy as np
 
+# Bumped when the same seed renders different clips; recorded in the dataset's manifest.json.
+# 2: a clip's start no longer gives its direction away (see render_clip).
+WORLD_VERSION = 2
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
     "green": (0, 255, 0),
