@@ -13,13 +13,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from sora.models.embeddings import RMSNorm, TimestepEmbedder, fraction_features, timestep_features
+from sora.models.embeddings import RMSNorm, TimestepEmbedder, timestep_features
 from sora.ops import Kernels, select_kernels
 from sora.ops.packing_index import sample_index, token_positions
 from sora.ops.rope import rope_sections
 
-FRAME_DIM, FRACTION_DIM = 64, 16           # place features: frame index, then row and column fractions
-PLACE_DIM = FRAME_DIM + 2 * FRACTION_DIM
+FRAME_DIM = 64                             # sinusoidal features of each token's latent frame index
 
 # width = hidden size; params ~ 16 * width^2 * depth (self-attn, cross-attn, MLP)
 DIT_SIZES = {
@@ -126,12 +125,9 @@ class DiT(nn.Module):
         self.checkpointing = checkpointing
         self.kernels = select_kernels(configured=backend, device=device)         # chosen once, stored
         self.patch_embed = nn.Linear(in_dim, width)
-        # Where a token is (absolute frame index, and its place as a fraction of the frame: RoPE
-        # alone is relative), mixed with the pooled caption in one MLP. Motion words then act per
-        # token: "moving right" can mean "early frames: the object is left of here", the same way
-        # a colour word means "this token is red". At high noise, where layout and motion are
-        # decided, nothing else tells a token where it is.
-        self.place_embed = nn.Sequential(nn.Linear(PLACE_DIM + width, width), nn.SiLU(), nn.Linear(width, width))
+        # Absolute frame index (RoPE alone is relative): lets the model place a moving object per
+        # frame from the very first, noisiest sampling steps, before any frame holds content.
+        self.frame_embed = nn.Linear(FRAME_DIM, width)
         # Marks tokens given clean (image-to-video: the first frame is known and is not denoised).
         self.given_embed = nn.Parameter(torch.randn(width) / width ** 0.5)
         self.t_embed = TimestepEmbedder(width)
@@ -143,17 +139,6 @@ class DiT(nn.Module):
         nn.init.zeros_(self.ada_single[1].weight)   # gates start at zero: blocks start as identity
         nn.init.zeros_(self.ada_single[1].bias)
 
-    @staticmethod
-    def place_features(cu_seqlens, grid, token_offset, text) -> torch.Tensor:
-        """-> [N, PLACE_DIM + W]: frame index, fractional row and column of each token, its caption."""
-        pos = token_positions(cu_seqlens, grid, token_offset)                    # [N, 3] (t, h, w)
-        sid = sample_index(cu_seqlens, pos.shape[0])                             # [N]
-        size = grid[sid].to(torch.float32)                                       # [N, 3] whole-sample grid
-        centre = (pos[:, 1:].to(torch.float32) + 0.5) / size[:, 1:]              # [N, 2] in (0, 1)
-        feats = [timestep_features(pos[:, 0] / 1000.0, FRAME_DIM), fraction_features(centre[:, 0], FRACTION_DIM),
-                 fraction_features(centre[:, 1], FRACTION_DIM)]
-        return torch.cat([f.to(text.dtype) for f in feats] + [text[sid]], dim=1)
-
     def forward(self, x, cu_seqlens, max_seqlen, grid, t, ctx, cu_seqlens_ctx, max_seqlen_ctx, token_offset=None,
                 given=None):
         """x [N, in_dim] noisy latent patches; t [B]; ctx [M, Dt] -> velocity [N, in_dim].
@@ -164,10 +149,10 @@ class DiT(nn.Module):
         not noise at time t; their output is ignored.
         """
         b = cu_seqlens.numel() - 1
-        text = self.text_pool(segment_mean(ctx, cu_seqlens_ctx))                # [B, W]
-        c = self.t_embed(t) + text                                               # [B, W]
+        c = self.t_embed(t) + self.text_pool(segment_mean(ctx, cu_seqlens_ctx))  # [B, W]
         cond = self.ada_single(c).view(b, 6, self.width)                         # [B, 6, W]
-        h = self.patch_embed(x) + self.place_embed(self.place_features(cu_seqlens, grid, token_offset, text))  # [N, W]
+        frame = token_positions(cu_seqlens, grid, token_offset)[:, 0]            # [N] latent frame index
+        h = self.patch_embed(x) + self.frame_embed(timestep_features(frame / 1000.0, FRAME_DIM).to(x.dtype))  # [N, W]
         if given is None:   # used every step all the same: ZeRO-3 expects every parameter to get a gradient
             given = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         h = h + given[:, None].to(h.dtype) * self.given_embed

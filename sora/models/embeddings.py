@@ -15,14 +15,6 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) ->
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def fraction_features(u: torch.Tensor, dim: int) -> torch.Tensor:
-    """u [N] in [0, 1] (a place as a fraction of the frame) -> [N, dim] sin/cos at pi * 2^j, j < dim/2.
-    Fractions, not indices (NaViT): the same place in frames of any size gets the same features."""
-    freqs = math.pi * 2.0 ** torch.arange(dim // 2, device=u.device, dtype=torch.float32)
-    args = u.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
 class TimestepEmbedder(nn.Module):
     def __init__(self, width: int, freq_dim: int = 256):
         super().__init__()

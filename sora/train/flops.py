@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 FREQ_DIM = 256        # TimestepEmbedder sinusoid width
-PLACE_DIM = 64 + 2 * 16  # place features of each token: frame index, row and column fractions (sora.models.dit)
+FRAME_DIM = 64        # absolute frame-index features
 
 
 # ---------------------------------------------------------------- the model's shape
@@ -82,8 +82,8 @@ class DiTShape:
                  + lin(w, w) + lin(dt, 2 * w) + lin(w, w) + qk     # cross-attention
                  + lin(w, h) + lin(h, w)                           # MLP
                  + 6 * w)                                          # adaLN table
-        outer = (lin(self.in_dim, w) + lin(FREQ_DIM, w) + lin(w, w)  # patch embed, t-MLP
-                 + lin(PLACE_DIM + w, w) + lin(w, w) + w           # place x caption MLP, given-token embedding
+        outer = (lin(self.in_dim, w) + lin(FRAME_DIM, w) + lin(FREQ_DIM, w) + lin(w, w)  # embeds, t-MLP
+                 + w                                               # given-token embedding
                  + 2 * dt + lin(dt, w)                             # text pool
                  + lin(w, 6 * w)                                   # adaLN-single
                  + 2 * w + lin(w, self.in_dim))                    # final layer
@@ -124,8 +124,7 @@ def _matmuls(s: DiTShape, n: int, m: int, b: int, ctx_grad: bool, text_tokens: i
         (b, FREQ_DIM, w, False), (b, w, w, True),                  # timestep MLP (sinusoids need no grad)
         (b, s.text_dim, w, True),                                  # text pool (after an affine LayerNorm)
         (b, w, 6 * w, True),                                       # adaLN-single
-        (n, s.in_dim, w, False),                                   # patch embedding reads data
-        (n, PLACE_DIM + w, w, True), (n, w, w, True),              # place x caption MLP (caption part has grad)
+        (n, s.in_dim, w, False), (n, FRAME_DIM, w, False),         # patch + frame embeddings read data
         (n, w, s.in_dim, True),                                    # final linear
     ]
     dt, th = s.text_dim, int(s.text_dim * s.text_mlp_ratio)
@@ -289,9 +288,8 @@ def activation_bytes(s: DiTShape, seqlens: list[int], ctx_lens: list[int], act_b
     if s.qk_norm:
         per_ctx += s.heads * 4 + (w * 4 if act_bytes != 4 else 0)
     block = per_tok * n + quad + per_ctx * m
-    # outside the blocks: data + place x caption MLP (input, hidden, SiLU) + final adaLN (LN in/out,
-    # 1+scale, output) + stats
-    outside = n * ((s.in_dim + PLACE_DIM + 3 * w + 4 * w) * act_bytes + 2 * 4 + 8) + m * s.text_dim * act_bytes
+    # outside the blocks: data + frame features + final adaLN (LN in/out, 1+scale, output) + stats
+    outside = n * ((s.in_dim + FRAME_DIM + 4 * w) * act_bytes + 2 * 4 + 8) + m * s.text_dim * act_bytes
     if checkpointing:
         return int(outside + s.depth * n * w * act_bytes + block)
     return int(outside + s.depth * block)
