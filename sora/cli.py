@@ -65,7 +65,7 @@ def _cmd_sample(a):
         from sora.data.video_io import decode_image
         first = decode_image(Path(first).read_bytes())[0]        # [H, W, 3]
     video = gen.generate([a.prompt], a.frames, a.height, a.width, a.steps, a.cfg, a.seed, first_frame=first)[0]
-    write_video(a.out, video, fps=a.fps)
+    write_video(a.out, video, fps=a.fps or gen.playback_fps)
     print(f"wrote {a.out} ({video.shape[0]} frames, {video.shape[1]}x{video.shape[2]})")
 
 
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--cfg", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--fps", type=float, default=8)
+    s.add_argument("--fps", type=float, default=None, help="playback rate (default: the rate the run trained at)")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--first-frame", default=None, metavar="joint|generate|IMAGE",
                    help="joint: denoise all frames together; generate: text -> first frame -> clip; "

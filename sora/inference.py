@@ -37,6 +37,12 @@ class Generator:
         vae, _ = load_vae(cfg.vae.run, device)
         return cls(cfg, model.to(device), vae, device)
 
+    @property
+    def playback_fps(self) -> float:
+        """Frames per second the model's clips move at: the rate it trained at (data.fps), else the
+        moving-shapes world's 8."""
+        return float(self.cfg.data.fps) if self.cfg.data.fps > 0 else 8.0
+
     def check_size(self, frames: int, height: int, width: int) -> None:
         v, (pt, ph, pw) = self.cfg.vae, self.cfg.model.patch
         if frames < 1 or (frames - 1) % v.ft:

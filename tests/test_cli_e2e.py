@@ -82,6 +82,9 @@ def test_pipeline_end_to_end_with_bad_input(tmp_path):
                  "--height", "40", "--width", "72", "--steps", "2", "--out", str(tmp_path / out), cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         assert (tmp_path / out).stat().st_size > 0
+    import av
+    with av.open(str(tmp_path / "a.mp4")) as c:   # plays at the rate the run trained at (data.fps: 4)
+        assert float(c.streams.video[0].average_rate) == 4.0
     # text -> first frame -> clip, and animating a given image (resized and cropped to the size asked)
     from PIL import Image
     Image.fromarray(np.full((50, 30, 3), 200, np.uint8)).save(tmp_path / "first.png")

@@ -16,14 +16,15 @@ def evaluate_run(run_dir: str, data_dir: str | None = None, seeds: int = 1, firs
     data = Path(data_dir or gen.cfg.data.path)
     prompts = json.loads((data / "manifest.json").read_text())["heldout_prompts"]
     out_dir = Path(run_dir) / "samples"
+    fps = gen.playback_fps
     rows = []
     for frames, height, width in gen.cfg.sample.sizes:
         for seed in range(seeds):
             videos = gen.generate(prompts, frames, height, width, seed=seed, first_frame=mode)
             for i, (prompt, video) in enumerate(zip(prompts, videos)):
                 stem = out_dir / f"{frames}x{height}x{width}" / f"{i:02d}-{prompt.replace(' ', '_')}-s{seed}"
-                write_video(stem.with_suffix(".mp4"), video, fps=8)
-                write_video(stem.with_suffix(".gif"), video, fps=8)
+                write_video(stem.with_suffix(".mp4"), video, fps=fps)
+                write_video(stem.with_suffix(".gif"), video, fps=fps)
                 score = score_clip(video, prompt)
                 rows.append({"prompt": prompt, "size": [frames, height, width], "seed": seed,
                              "file": str(stem.with_suffix(".mp4")), **score})
