@@ -68,6 +68,12 @@ class Generator:
         grid = (t // patch[0], h // patch[1], w // patch[2])
         g = torch.Generator().manual_seed(seed)
         is_image = not isinstance(mode, str)
+        trained = self.cfg.diffusion.first_frame_prob
+        if frames > 1 and not is_image and mode == "joint" and trained >= 1:
+            raise ConfigError("--first-frame joint: this run never denoised a whole clip (diffusion.first_frame_prob=1); "
+                              "use generate or an image")
+        if frames > 1 and (is_image or mode == "generate") and trained <= 0:
+            raise ConfigError("--first-frame: this run never saw a given first frame (diffusion.first_frame_prob=0); use joint")
         if (not is_image and mode == "joint") or (frames == 1 and not is_image):
             latents = self._denoise(prompts, grid, g, steps, guidance, method)
         elif frames == 1:                                                       # the given image itself

@@ -93,6 +93,10 @@ def test_pipeline_end_to_end_with_bad_input(tmp_path):
                  "--width", "24", "--steps", "2", "--first-frame", first, "--out", str(tmp_path / "c.mp4"), cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         assert (tmp_path / "c.mp4").stat().st_size > 0
+    # a mode the run never trained is refused (the demo config trains every clip from a given first frame)
+    r = sora("sample", "--run", str(run), "--prompt", "x", "--frames", "5", "--height", "40", "--width", "24",
+             "--first-frame", "joint", "--out", str(tmp_path / "d.gif"), cwd=tmp_path)
+    assert r.returncode == 2 and "first_frame_prob=1" in r.stderr, r.stderr[-2000:]
     # a size the factors do not allow is refused with the flag named
     r = sora("sample", "--run", str(run), "--prompt", "x", "--frames", "4", "--height", "40", "--width", "72",
              "--out", str(tmp_path / "b.gif"), cwd=tmp_path)
