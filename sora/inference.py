@@ -63,30 +63,23 @@ class Generator:
         (image-to-video), or None for the run's `sample.first_frame`."""
         self.check_size(frames, height, width)
         mode = self.cfg.sample.first_frame if first_frame is None else first_frame
+        image = None if isinstance(mode, str) else mode
+        if image is None and mode not in ("joint", "generate"):
+            raise ConfigError(f"--first-frame '{mode}': expected joint, generate or an image")
+        self._check_trained_for(mode if image is None else "image", frames)
         c, t, h, w = self.vae.latent_shape(frames, height, width)
         patch = self.cfg.model.patch
         grid = (t // patch[0], h // patch[1], w // patch[2])
         g = torch.Generator().manual_seed(seed)
-        is_image = not isinstance(mode, str)
-        trained = self.cfg.diffusion.first_frame_prob
-        if frames > 1 and not is_image and mode == "joint" and trained >= 1:
-            raise ConfigError("--first-frame joint: this run never denoised a whole clip (diffusion.first_frame_prob=1); "
-                              "use generate or an image")
-        if frames > 1 and (is_image or mode == "generate") and trained <= 0:
-            raise ConfigError("--first-frame: this run never saw a given first frame (diffusion.first_frame_prob=0); use joint")
-        if (not is_image and mode == "joint") or (frames == 1 and not is_image):
-            latents = self._denoise(prompts, grid, g, steps, guidance, method)
-        elif frames == 1:                                                       # the given image itself
-            latents = [self._encode_image(mode, height, width)] * len(prompts)
+        if image is not None:
+            first = [self._encode_image(image, height, width)] * len(prompts)    # [h*w, P] each
+        elif mode == "generate" and frames > 1:
+            first = self._denoise(prompts, (1,) + grid[1:], g, steps, guidance, method)
+        else:                                                                   # joint, or a text -> image
+            first = None
+        if first is not None and frames == 1:
+            latents = first                                                     # the given image itself
         else:
-            if patch[0] != 1:
-                raise ConfigError(f"first-frame sampling needs model.patch[0] = 1 (one latent frame per token frame), got {patch[0]}")
-            if not is_image:
-                if mode != "generate":
-                    raise ConfigError(f"first_frame '{mode}': expected joint, generate or an image")
-                first = self._denoise(prompts, (1,) + grid[1:], g, steps, guidance, method)   # [h*w, P] each
-            else:
-                first = [self._encode_image(mode, height, width)] * len(prompts)
             latents = self._denoise(prompts, grid, g, steps, guidance, method, first)
         videos = []
         for tokens in latents:
@@ -95,6 +88,18 @@ class Generator:
             video = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
             videos.append(video)                                                # [T, H, W, 3]
         return videos
+
+    def _check_trained_for(self, mode: str, frames: int) -> None:
+        """Refuse a mode the run never trained (its clips would be noise, not a worse sample)."""
+        trained = self.cfg.diffusion.first_frame_prob
+        if frames > 1 and mode == "joint" and trained >= 1:
+            raise ConfigError("--first-frame joint: this run never denoised a whole clip (diffusion.first_frame_prob=1); "
+                              "use generate or an image")
+        if frames > 1 and mode != "joint" and trained <= 0:
+            raise ConfigError("--first-frame: this run never saw a given first frame (diffusion.first_frame_prob=0); use joint")
+        if frames > 1 and mode != "joint" and self.cfg.model.patch[0] != 1:
+            raise ConfigError(f"first-frame sampling needs model.patch[0] = 1 (one latent frame per token frame), "
+                              f"got {self.cfg.model.patch[0]}")
 
     def _denoise(self, prompts, grid, g: torch.Generator, steps, guidance, method, first=None) -> list[torch.Tensor]:
         """Sample latent tokens [T'*H'*W', P] per prompt on a token grid; `first` (optional): each

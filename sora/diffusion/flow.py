@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from sora.ops.packing_index import sample_index, token_positions
+
 
 def token_shift(tokens: torch.Tensor, cfg) -> torch.Tensor:
     """Per-sample shift, log-linear in token count between (base_tokens, shift_base) and (max_tokens, shift_max)."""
@@ -36,8 +38,6 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t_tok: torch.Tensor) -> tor
 def first_frame_tokens(cu_seqlens: torch.Tensor, grid: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """[N] bool: the tokens of the first latent frame of each chosen sample [B] that has more than one
     frame (an image has nothing left to generate from its only frame)."""
-    from sora.ops.packing_index import sample_index, token_positions
-
     n = int(cu_seqlens[-1])
     sid = sample_index(cu_seqlens, n)                                      # [N]
     frame = token_positions(cu_seqlens, grid)[:, 0]                        # [N]
