@@ -341,14 +341,25 @@ def validate(cfg: Config) -> None:
     _require(s.first_frame in ("joint", "generate"), "sample.first_frame", f"unknown mode '{s.first_frame}' (joint | generate)")
     ffp = cfg.diffusion.first_frame_prob
     _require(0.0 <= ffp <= 1.0, "diffusion.first_frame_prob", f"must be in [0, 1], got {ffp}")
-    _require(s.first_frame != "generate" or ffp > 0, "sample.first_frame",
-             "'generate' needs a model trained with diffusion.first_frame_prob > 0 (it never saw a given first frame)")
-    _require(s.first_frame != "joint" or ffp < 1, "sample.first_frame",
-             "'joint' needs a model trained with diffusion.first_frame_prob < 1 (it never denoised a whole clip)")
+    problem = untrained_first_frame_mode(cfg, s.first_frame)
+    _require(problem is None, "sample.first_frame", problem or "")
     _require(cfg.text.encoder in ("hash", "t5"), "text.encoder", f"unknown encoder '{cfg.text.encoder}'")
     _require(cfg.text.encoder != "t5" or bool(cfg.text.path), "text.path", "a local T5 directory is needed when text.encoder=t5")
     _require(cfg.text.dim % cfg.text.heads == 0, "text.heads", f"{cfg.text.heads} heads do not divide text.dim {cfg.text.dim}")
     _require(cfg.optim.lr > 0, "optim.lr", "must be > 0")
+
+
+def untrained_first_frame_mode(cfg: Config, mode: str) -> str | None:
+    """Why a run trained with `cfg` cannot sample clips in `mode` (joint | generate | image), or None.
+    A mode it never trained gives noise, not a worse sample."""
+    trained = cfg.diffusion.first_frame_prob
+    if mode == "joint" and trained >= 1:
+        return "'joint': this run never denoised a whole clip (diffusion.first_frame_prob=1); use generate or an image"
+    if mode != "joint" and trained <= 0:
+        return f"'{mode}': this run never saw a given first frame (diffusion.first_frame_prob=0); use joint"
+    if mode != "joint" and cfg.model.patch[0] != 1:
+        return f"'{mode}' needs model.patch[0] = 1 (one latent frame per token frame), got {cfg.model.patch[0]}"
+    return None
 
 
 def resolved_dims(m: ModelConfig) -> tuple[int, int, int]:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from sora.config import Config, ConfigError
+from sora.config import Config, ConfigError, untrained_first_frame_mode
 from sora.data.packing import pack, PackItem
 from sora.diffusion.samplers import sample
 from sora.models.t2v import TextToVideo
@@ -66,7 +66,9 @@ class Generator:
         image = None if isinstance(mode, str) else mode
         if image is None and mode not in ("joint", "generate"):
             raise ConfigError(f"--first-frame '{mode}': expected joint, generate or an image")
-        self._check_trained_for(mode if image is None else "image", frames)
+        problem = untrained_first_frame_mode(self.cfg, mode if image is None else "image") if frames > 1 else None
+        if problem:
+            raise ConfigError(f"--first-frame {problem}")
         c, t, h, w = self.vae.latent_shape(frames, height, width)
         patch = self.cfg.model.patch
         grid = (t // patch[0], h // patch[1], w // patch[2])
@@ -88,18 +90,6 @@ class Generator:
             video = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
             videos.append(video)                                                # [T, H, W, 3]
         return videos
-
-    def _check_trained_for(self, mode: str, frames: int) -> None:
-        """Refuse a mode the run never trained (its clips would be noise, not a worse sample)."""
-        trained = self.cfg.diffusion.first_frame_prob
-        if frames > 1 and mode == "joint" and trained >= 1:
-            raise ConfigError("--first-frame joint: this run never denoised a whole clip (diffusion.first_frame_prob=1); "
-                              "use generate or an image")
-        if frames > 1 and mode != "joint" and trained <= 0:
-            raise ConfigError("--first-frame: this run never saw a given first frame (diffusion.first_frame_prob=0); use joint")
-        if frames > 1 and mode != "joint" and self.cfg.model.patch[0] != 1:
-            raise ConfigError(f"first-frame sampling needs model.patch[0] = 1 (one latent frame per token frame), "
-                              f"got {self.cfg.model.patch[0]}")
 
     def _denoise(self, prompts, grid, g: torch.Generator, steps, guidance, method, first=None) -> list[torch.Tensor]:
         """Sample latent tokens [T'*H'*W', P] per prompt on a token grid; `first` (optional): each

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from sora.config import load_config
+from sora.diffusion.flow import first_frame_tokens
 from sora.models.t2v import TextToVideo
 from sora.models.vae import CausalVAE
 
@@ -71,7 +72,8 @@ def test_dit_forward_backward_mixed_sizes():
     model, cfg = tiny_model()
     x, cu, mx, grid, t = packed_inputs(GRIDS, model.dit.in_dim)
     x.requires_grad_(True)
-    out = model(x, cu, mx, grid, t, CAPTIONS)
+    given = first_frame_tokens(cu, grid, torch.ones(len(GRIDS), dtype=torch.bool))   # the videos' first frames
+    out = model(x, cu, mx, grid, t, CAPTIONS, given=given)
     assert out.shape == x.shape and torch.isfinite(out).all()
     out.pow(2).mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -450,10 +450,12 @@ def test_tiny_dit_triton_backend_matches_torch_backend():
     n = int(cu[-1])
     x, t, ctx = torch.randn(n, 16), torch.rand(3), torch.randn(10, 24)
     g = torch.randn(n, 16)
+    given = torch.zeros(n, dtype=torch.bool)
+    given[6:15] = True                          # the 2x3x3 clip's first frame, given clean
     res = {}
     for name, m in models.items():
         xi = x.clone().requires_grad_()
-        out = m(xi, cu, 18, grid, t, ctx, cu_ctx, 5)
+        out = m(xi, cu, 18, grid, t, ctx, cu_ctx, 5, given=given)
         grads = torch.autograd.grad(out, [xi, *m.parameters()], g)
         res[name] = (out, grads)
     assert _rel(res["triton"][0], res["torch"][0]) < 1e-5

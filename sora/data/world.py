@@ -109,8 +109,7 @@ def render_clip(
         # range a fixed long travel leaves (e.g. "right" only from the left edge) would give the
         # direction away from the first frame, and a model would learn the position, not the word.
         start = rng.uniform(0, free - least)
-        room = free - start
-        travel = rng.uniform(least, max(least, room))
+        travel = rng.uniform(least, free - start)             # the room ahead is at least `least`
         if sign < 0:
             start = free - start                 # mirror: the same law moving the other way
         path = start + sign * travel * np.linspace(0.0, 1.0, frames)  # [T]

@@ -153,9 +153,8 @@ class DiT(nn.Module):
         cond = self.ada_single(c).view(b, 6, self.width)                         # [B, 6, W]
         frame = token_positions(cu_seqlens, grid, token_offset)[:, 0]            # [N] latent frame index
         h = self.patch_embed(x) + self.frame_embed(timestep_features(frame / 1000.0, FRAME_DIM).to(x.dtype))  # [N, W]
-        if given is None:   # used every step all the same: ZeRO-3 expects every parameter to get a gradient
-            given = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        h = h + given[:, None].to(h.dtype) * self.given_embed
+        if given is not None:   # the trainer always passes it (all False when no clip has a given frame)
+            h = h + given[:, None].to(h.dtype) * self.given_embed
         args = (cond, cu_seqlens, max_seqlen, grid, ctx, cu_seqlens_ctx, max_seqlen_ctx, self.kernels)
         for blk in self.blocks:
             if self.checkpointing and self.training:
