@@ -26,7 +26,7 @@ class TextToVideo(nn.Module):
             self._frozen_text = [frozen]  # a list hides it from nn.Module: not trained, not sharded, not saved
             self.text = None
             text_dim = frozen.dim
-        self.dit = DiT(self.latent_channels * pt * ph * pw, width, depth, heads, text_dim,
+        self.dit = DiT(self.latent_channels, self.patch, width, depth, heads, text_dim,
                        cfg.model.mlp_ratio, cfg.model.qk_norm, cfg.model.rope_theta,
                        cfg.model.checkpointing, cfg.model.backend, str(device))
 
@@ -39,7 +39,11 @@ class TextToVideo(nn.Module):
         ctx, cu = self._frozen_text[0].encode(captions)
         return ctx.to(device), cu.to(device)
 
-    def forward(self, x, cu_seqlens, max_seqlen, grid, t, captions: list[str], token_offset=None, given=None):
-        ctx, cu_ctx = self.encode_text(captions, x.device)
-        max_ctx = int((cu_ctx[1:] - cu_ctx[:-1]).max())
-        return self.dit(x, cu_seqlens, max_seqlen, grid, t, ctx.to(x.dtype), cu_ctx, max_ctx, token_offset, given)
+    def layout(self, cu_seqlens: torch.Tensor, grid: torch.Tensor):
+        """The PackedLayout of a pack of whole samples (token grids [B, 3]), on the model's kernels."""
+        return self.dit.kernels.layout(cu_seqlens, grid)
+
+    def forward(self, latents, layout, t, captions: list[str], given=None):
+        """latents [N*P] packed -> velocity [N*P]; captions: one per segment of `layout`."""
+        ctx, cu_ctx = self.encode_text(captions, latents.device)
+        return self.dit(latents, layout, t, ctx.to(latents.dtype), cu_ctx, given)
