@@ -55,9 +55,9 @@ def _close_process_group() -> None:
 
 def _cmd_sample(a):
     from sora.data.video_io import write_video
-    from sora.inference import Generator
+    from sora.inference import VideoGenerator
 
-    gen = Generator.from_run(a.run, ema=not a.no_ema)
+    gen = VideoGenerator.from_run(a.run, ema=not a.no_ema)
     first = a.first_frame
     if first not in (None, "joint", "generate"):                 # a path: animate that image
         from pathlib import Path

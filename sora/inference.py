@@ -15,12 +15,12 @@ from sora.ops.patchify import unpatchify
 from sora.train.artifacts import load_vae, run_config
 
 
-class Generator:
+class VideoGenerator:
     def __init__(self, cfg: Config, model: TextToVideo, vae, device="cpu"):
         self.cfg, self.model, self.vae, self.device = cfg, model.eval(), vae, device
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, ema: bool = True, device="cpu") -> "Generator":
+    def from_run(cls, run_dir: str | Path, ema: bool = True, device="cpu") -> "VideoGenerator":
         """A run directory (its final weights, EMA or raw) or a file written by `sora export`."""
         if Path(run_dir).is_file():
             from sora.export import config_of_export

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sora.models.text import HashTextEncoder, HashTokenizer, T5TextEncoder
+from sora.models.text import HashTextEncoder, HashTokenizer, FrozenTextEncoder
 from sora.ops.attention import varlen_attention_torch
 
 
@@ -37,7 +37,7 @@ def test_t5_from_local_directory(tmp_path):
     cfg = transformers.T5Config(vocab_size=len(words), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
     torch.manual_seed(0)
     transformers.T5EncoderModel(cfg).save_pretrained(tmp_path)
-    enc = T5TextEncoder(str(tmp_path), max_tokens=8)
+    enc = FrozenTextEncoder(str(tmp_path), max_tokens=8)
     ctx, cu = enc.encode(["a red circle moving left", "blue"])
     assert cu.tolist() == [0, 5, 6] and ctx.shape == (6, 16)
     alone, _ = enc.encode(["blue"])

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from sora.models.dit import DiT
-from sora.models.text import HashTextEncoder, T5TextEncoder
+from sora.models.text import HashTextEncoder, FrozenTextEncoder
 
 
 class TextToVideo(nn.Module):
@@ -22,7 +22,7 @@ class TextToVideo(nn.Module):
             self.text = HashTextEncoder(cfg.text.dim, cfg.text.layers, cfg.text.heads, cfg.text.vocab, cfg.text.max_tokens)
             text_dim = cfg.text.dim
         else:
-            frozen = T5TextEncoder(cfg.text.path, cfg.text.max_tokens)
+            frozen = FrozenTextEncoder(cfg.text.path, cfg.text.max_tokens)
             self._frozen_text = [frozen]  # a list hides it from nn.Module: not trained, not sharded, not saved
             self.text = None
             text_dim = frozen.dim

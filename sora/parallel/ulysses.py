@@ -23,7 +23,9 @@ def init_sequence_parallel_groups(sp: int):
     """Build the sp groups (consecutive ranks) and return DeepSpeed's sequence-parallel mpu module.
 
     With that mpu, ZeRO-3 partitions parameters and optimizer state over all ranks (the
-    sequence-data-parallel group) and divides summed gradients by dp = world / sp, not world.
+    sequence-data-parallel group). Gradients are averaged over every rank (the reduce-scatter path
+    that sora.parallel.deepspeed_config pins); sora.train.trainer.flow_matching_loss scales the loss
+    for that, so sp ranks holding slices of one pack equal one rank holding all of it.
     """
     import deepspeed
     import torch.distributed as dist
