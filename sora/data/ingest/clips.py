@@ -18,8 +18,7 @@ MIN_SHOT_SECONDS = 0.25    # two cuts closer than this are one (camera flashes)
 def detect_shots(frames: Iterable[tuple[int, np.ndarray, bool]], rate: Fraction) -> tuple[list[int], int]:
     """(indices where a new shot starts, after 0; frames seen) from small BGR frames [H, W, 3]."""
     try:
-        from scenedetect.common import FrameTimecode
-        from scenedetect.detectors import ContentDetector
+        from scenedetect import ContentDetector, FrameTimecode
     except ImportError as e:
         raise RuntimeError(f"--scenes needs PySceneDetect: pip install scenedetect-headless ({e})") from None
     detector = ContentDetector(threshold=CUT_THRESHOLD, min_scene_len=max(1, math.ceil(MIN_SHOT_SECONDS * rate)))

@@ -48,8 +48,9 @@ def _open(path: str, max_pixels: int):
     except av.FFmpegError as e:
         raise Skip("decode_error", f"cannot open: {e}") from None
     if not container.streams.video:
+        detail = f"{len(container.streams.audio)} audio, {len(container.streams.subtitles)} subtitle streams"
         container.close()
-        raise Skip("no_video_stream", f"streams: {[s.type for s in container.streams]}")
+        raise Skip("no_video_stream", detail)
     stream = container.streams.video[0]
     stream.codec_context.options = {"max_pixels": str(max_pixels)}   # the decoder refuses a bigger frame
     return container, stream
@@ -244,7 +245,9 @@ def decode_still(path: str, max_pixels: int, max_side: int) -> np.ndarray:
             im = ImageOps.exif_transpose(im).convert("RGB")
     except Skip:
         raise
-    except Exception as e:      # UnidentifiedImageError, OSError (truncated), DecompressionBombError, ...
+    except Image.DecompressionBombError as e:     # Pillow's own limit, met before ours when ours is higher
+        raise Skip("too_large", str(e)) from None
+    except Exception as e:      # UnidentifiedImageError, OSError (truncated), ...
         raise Skip("decode_error", f"{type(e).__name__}: {e}") from None
     w, h = stored_size(im.width, im.height, max_side, even=False)
     if (w, h) != im.size:
