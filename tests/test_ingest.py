@@ -337,10 +337,10 @@ def test_workers_and_ranks_write_the_same_shards_as_one_process(built, tmp_path)
 
 
 def _peak_rss_mb(args):
-    code = ("import resource, sys; from sora.data.ingest.run import ingest; "
-            "from sora.data.ingest.options import IngestOptions; "
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so the child would report pytest's peak
+    code = ("from sora.data.ingest.run import ingest; from sora.data.ingest.options import IngestOptions; "
             f"ingest([{args[0]!r}], {args[1]!r}, opts=IngestOptions(), progress=False); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -357,7 +357,7 @@ def test_memory_does_not_grow_with_video_length(tmp_path):
         corpus.side(str(tmp_path / f"{name}.mp4"), name)
     short = _peak_rss_mb((str(tmp_path / "short.mp4"), str(tmp_path / "o1")))
     long = _peak_rss_mb((str(tmp_path / "long.mp4"), str(tmp_path / "o2")))
-    assert long - short < 60, (short, long)
+    assert 30 < short and long - short < 60, (short, long)
 
 
 @pytest.mark.slow

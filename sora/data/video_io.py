@@ -54,12 +54,14 @@ def _rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
 class Mp4Encoder:
     """Streaming uint8 [H, W, 3] frames -> mp4 bytes (h264 yuv420p), one frame at a time, so a long
     clip never sits in memory as raw frames. `crf` 10 is near-lossless (flat synthetic colours survive);
-    real footage needs less (`sora ingest` uses 18, visually lossless)."""
+    real footage needs less (`sora ingest` uses 18, visually lossless). `exact`: RGB -> YUV in numpy,
+    so the bytes do not depend on the CPU (the synthetic dataset is byte-identical per seed);
+    otherwise FFmpeg's swscale does it, several times faster (same on one machine, not across CPUs)."""
 
-    def __init__(self, height: int, width: int, fps: float, crf: int = 10):
+    def __init__(self, height: int, width: int, fps: float, crf: int = 10, exact: bool = True):
         if height % 2 or width % 2 or height < 2 or width < 2:
             raise ValueError(f"mp4 needs even H, W >= 2 (yuv420p); got H={height}, W={width}")
-        self.height, self.width, self.frames, self._open = height, width, 0, True
+        self.height, self.width, self.frames, self._open, self.exact = height, width, 0, True, exact
         self._buf = io.BytesIO()
         self._container = av.open(self._buf, mode="w", format="mp4")
         codec = _video_codec()
@@ -78,7 +80,10 @@ class Mp4Encoder:
         _check_frames(frame, 3)
         if frame.shape[:2] != (self.height, self.width):
             raise ValueError(f"frame {frame.shape[:2]} differs from the stream's {(self.height, self.width)}")
-        vf = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(frame), format="yuv420p")
+        if self.exact:
+            vf = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(frame), format="yuv420p")
+        else:
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")   # BT.601, limited
         vf.pts = self.frames
         self.frames += 1
         for packet in self._stream.encode(vf):

@@ -63,5 +63,7 @@ def plan_windows(cuts: list[int], total: int, min_frames: int, max_frames: int):
 
 
 def motion_score(prev: np.ndarray, frame: np.ndarray) -> float:
-    """Mean absolute difference of two uint8 frames [H, W, 3], on the 0..255 scale."""
-    return float(np.abs(frame.astype(np.int16) - prev.astype(np.int16)).mean())
+    """Mean absolute difference of two uint8 frames [H, W, 3], on the 0..255 scale (every 4th pixel
+    of every 4th row: the same number within a few per cent, 16 times cheaper)."""
+    a, b = prev[::4, ::4].astype(np.int16), frame[::4, ::4].astype(np.int16)    # [H/4, W/4, 3]
+    return float(np.abs(a - b).mean())

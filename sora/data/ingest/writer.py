@@ -29,7 +29,7 @@ class ClipEncoder:
 
     def add(self, frame: np.ndarray, damaged: bool = False) -> None:   # frame: uint8 [H, W, 3]
         if self._encoder is None:
-            self._encoder = Mp4Encoder(frame.shape[0], frame.shape[1], self.fps, crf=CRF)
+            self._encoder = Mp4Encoder(frame.shape[0], frame.shape[1], self.fps, crf=CRF, exact=False)
         else:
             self._motion += motion_score(self._prev, frame)
         self._encoder.add(frame)
