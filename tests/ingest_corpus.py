@@ -226,6 +226,10 @@ def build_bad(d: str) -> dict[str, str]:
     with open(path, "wb") as f:
         f.write(data[: len(data) // 2])
     audio_only(named("audio_only.mp4", "no_video_stream"))
+    with av.open(named("zero_frames.mkv", "no_frames"), "w", format="matroska") as c:    # a stream, no frame
+        s = c.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        c.start_encoding()
     png_bomb(named("bomb.png", "too_large"))
     encode(named("nocaption.mp4", "missing_caption", caption=False), clip(12), 24, "libx264", "mp4", "yuv420p")
     path = named("latin1_caption.mp4", "non_utf8", caption=False)

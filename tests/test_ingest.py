@@ -361,17 +361,24 @@ def test_memory_does_not_grow_with_video_length(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_runs_on_ingested_shards(ingested, tmp_path):
-    """`sora train configs/demo.yaml data.path=DIR` on the ingest output (a small random stage-1 VAE)."""
+def test_training_and_preprocess_read_ingested_shards(ingested, tmp_path):
+    """`sora train configs/demo.yaml data.path=DIR` and `sora preprocess` on the ingest output
+    (with a small random stage-1 VAE)."""
     import torch
 
     from sora.config import load_config, save_config
+    from sora.preprocess import preprocess
     from sora.train.artifacts import build_vae, save_weights
-    out, _ = ingested
+    out, summary = ingested
     vcfg = load_config(f"{ROOT}/configs/demo-vae.yaml", [f"run.dir={tmp_path / 'vae'}", "vae.channels=8"])
     torch.manual_seed(0)
     save_config(vcfg, tmp_path / "vae" / "config.yaml")
     save_weights(build_vae(vcfg).state_dict(), tmp_path / "vae" / "vae.safetensors")
+    cfg = load_config(f"{ROOT}/configs/demo.yaml", [f"data.path={out}", f"vae.run={tmp_path / 'vae'}",
+                                                     "vae.channels=8", "vae.chunk_frames=4"])
+    pre = preprocess(cfg, tmp_path / "lat", splits=("train",), progress=False)
+    assert pre["samples"] == summary["report"]["clips"] and pre["skipped"] == {}
+    assert len(list((tmp_path / "lat").glob("train-*.tar"))) == len(summary["report"]["shards"])
     r = _cli("train", f"{ROOT}/configs/demo.yaml", f"data.path={out}", f"vae.run={tmp_path / 'vae'}",
              "vae.channels=8", f"run.dir={tmp_path / 'dit'}", "train.steps=2", "run.log_every=1", "model.depth=2",
              "model.width=48", "model.heads=4", "data.tokens_per_batch=600", "data.shuffle_buffer=4", cwd=tmp_path)
@@ -379,3 +386,14 @@ def test_training_runs_on_ingested_shards(ingested, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "dit" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 1] and all(np.isfinite(row["loss"]) for row in rows)
     assert not any(k.startswith("skipped_") for row in rows for k in row), rows[-1]
+
+
+def test_a_second_split_into_the_same_directory(built, tmp_path):
+    v = built["videos"]
+    ingest([f"{v}/vp9.webm", f"{v}/still.png"], tmp_path / "d", progress=False)
+    r = ingest([f"{v}/hevc.mkv", f"{v}/bad/empty.mp4"], tmp_path / "d", opts=IngestOptions(split="heldout"),
+               progress=False)["report"]
+    assert sorted(r["splits"]) == ["heldout", "train"]
+    assert (r["splits"]["train"]["clips"], r["splits"]["heldout"]["clips"], r["clips"]) == (2, 1, 3)
+    assert r["skipped"] == {"empty_file": 1} and r["files"] == 4
+    assert [m["caption"] for m, _ in samples(tmp_path / "d", "heldout")] == [corpus.caption_for("hevc.mkv")]

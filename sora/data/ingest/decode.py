@@ -45,6 +45,8 @@ def _open(path: str, max_pixels: int):
     try:
         # max_pixels here also guards the probing decode that avformat_find_stream_info may run
         container = av.open(path, options={"max_pixels": str(max_pixels)})
+    except av.EOFError as e:          # a header and then nothing: a 0-frame stream, or cut after its header
+        raise Skip("no_frames", f"the file ends before its first frame: {e}") from None
     except av.FFmpegError as e:
         raise Skip("decode_error", f"cannot open: {e}") from None
     if not container.streams.video:

@@ -64,7 +64,8 @@ def _image(item: Item, caption: str, opts: IngestOptions, shards: ChunkShards, t
 
 
 def _segment(item: Item, duration: float | None, opts: IngestOptions) -> tuple[float, float | None, float | None]:
-    """(start, end or None, length or None) of the part of the video to ingest, in seconds."""
+    """(start, end or None, length or None) of the part of the video to ingest, in seconds. A length the
+    header does not give is not filtered by --min-seconds / --max-seconds."""
     start = item.start or 0.0
     end = item.end
     if duration is not None:

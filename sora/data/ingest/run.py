@@ -88,8 +88,8 @@ def _check_options(out: Path, opts: IngestOptions, digest: str, n_chunks: int) -
         had = json.loads(path.read_text())
         if had != want:
             changed = sorted(k for k in want["options"] if had.get("options", {}).get(k) != want["options"][k])
-            what = f"options {changed}" if changed else "the list of sources"
-            raise IngestError(f"{out} holds split {opts.split!r} ingested with different {what}; "
+            what = f"with other options ({', '.join(changed)})" if changed else "from other sources"
+            raise IngestError(f"{out} holds split {opts.split!r} ingested {what}; "
                               f"use another --out (or --split), or delete {out} to start over")
         return
     write_json_atomic(path, want)     # same content from every rank
@@ -122,10 +122,10 @@ def ingest(sources: list[str], out: str | os.PathLike, captions: str | None = No
         raise IngestError(f"--workers {workers} must be >= 1")
     if not sources and not captions:
         raise IngestError("give at least one SRC (file or directory) or --captions MANIFEST")
-    out = Path(out)
-    (out / STATE).mkdir(parents=True, exist_ok=True)
     items = list_items(sources, captions)
     chunks = make_chunks(items, opts.samples_per_shard)
+    out = Path(out)
+    (out / STATE).mkdir(parents=True, exist_ok=True)
     _check_options(out, opts, sources_digest(items), len(chunks))
     mine = list(range(len(chunks)))[rank::world]
     todo = [c for c in mine if not _finished(out, opts.split, c)]
