@@ -5,6 +5,7 @@ Every way a source or a clip can fail ends here as a counted skip; a clip is wri
 """
 from __future__ import annotations
 
+import logging
 import math
 from fractions import Fraction
 from itertools import count
@@ -18,6 +19,8 @@ from sora.data.ingest.report import Tally
 from sora.data.ingest.sources import Item, sidecar_caption
 from sora.data.ingest.writer import ChunkShards, ClipEncoder, image_sample, sample
 from sora.data.shards import DEFAULT_FPS
+
+log = logging.getLogger("sora.ingest")
 
 TRUNCATED_FRACTION = 0.9    # a video that decodes to less than this share of its header's length
 
@@ -49,8 +52,11 @@ def ingest_item(item: Item, opts: IngestOptions, shards: ChunkShards, tally: Tal
             _video(item, caption, opts, shards, tally)
     except Skip as s:
         tally.skip(item.path, s.reason, s.detail)
-    except (av.FFmpegError, OSError, ValueError) as e:   # FFmpeg / the file system failing on this one file
+    except (av.FFmpegError, OSError) as e:               # FFmpeg / the file system failing on this one file
         tally.skip(item.path, "decode_error", f"{type(e).__name__}: {e}")
+    except Exception as e:   # a bug met by one odd file: counted (and logged) so a long run still ends
+        log.exception("ingest failed on %s", item.path)
+        tally.skip(item.path, "internal_error", f"{type(e).__name__}: {e}")
 
 
 def _image(item: Item, caption: str, opts: IngestOptions, shards: ChunkShards, tally: Tally) -> None:
@@ -103,8 +109,8 @@ def _video(item: Item, caption: str, opts: IngestOptions, shards: ChunkShards, t
         tally.skip(item.path, "too_short", f"shot {shot}: {lost} frames under the --clip-seconds minimum")
     reader = CfrReader(item.path, rate, opts.max_pixels, rgb_converter(opts.max_side), start, end)
     clips_before = tally.clips
-    seen = _write_windows(item, caption, reader, _windows(windows, open_end, max_frames), rate, start,
-                          min_frames, opts, shards, tally, check_first=not (info.width and info.height))
+    writer = _ClipWriter(item, caption, rate, start, min_frames, opts, shards, tally)
+    seen = writer.run(reader, _windows(windows, open_end, max_frames), check_first=not (info.width and info.height))
     if seen == 0:
         raise Skip("decode_error" if reader.stopped or reader.errors else "no_frames", reader.last_error)
     if tally.clips > clips_before:
@@ -131,59 +137,60 @@ def _windows(planned, open_end: bool, max_frames: int):
         yield 0, nxt + i * max_frames, nxt + (i + 1) * max_frames
 
 
-def _write_windows(item, caption, reader, windows, rate: Fraction, start: float, min_frames: int,
-                   opts: IngestOptions, shards: ChunkShards, tally: Tally, check_first: bool) -> int:
-    """Stream the reader's frames into one clip per window; returns the frames decoded."""
-    window = next(windows, None)
-    clip: ClipEncoder | None = None
-    seen = 0
-    try:
-        for k, frame, damaged in reader:
-            seen = k + 1
-            while window is not None and k >= window[2]:
-                _finish(item, caption, clip, window, rate, start, min_frames, opts, shards, tally)
-                clip, window = None, next(windows, None)
-            if window is None:
-                break
-            if k < window[1]:
-                continue                                    # between windows (a dropped short shot)
-            if seen == 1 and check_first:                   # the header did not give the size
-                check_size(frame.shape[1], frame.shape[0], opts)
-            if clip is None:
-                clip = ClipEncoder(float(rate))
-            clip.add(frame, damaged)
-        if clip is not None:
-            _finish(item, caption, clip, window, rate, start, min_frames, opts, shards, tally)
+class _ClipWriter:
+    """The frames of one video -> one clip per window, each kept or counted as its window ends."""
+
+    def __init__(self, item: Item, caption: str, rate: Fraction, start: float, min_frames: int,
+                 opts: IngestOptions, shards: ChunkShards, tally: Tally):
+        self.item, self.caption, self.rate, self.start, self.min_frames = item, caption, rate, start, min_frames
+        self.opts, self.shards, self.tally = opts, shards, tally
+
+    def run(self, reader: CfrReader, windows, check_first: bool) -> int:
+        """Stream the reader's frames into the windows' clips; returns the frames decoded."""
+        window = next(windows, None)
+        clip: ClipEncoder | None = None
+        seen = 0
+        try:
+            for k, frame, damaged in reader:
+                seen = k + 1
+                if k == 0 and check_first:                      # the header did not give the size
+                    check_size(frame.shape[1], frame.shape[0], self.opts)
+                while window is not None and k >= window[2]:
+                    self._finish(clip, window)
+                    clip, window = None, next(windows, None)
+                if window is None:
+                    break
+                if k < window[1]:
+                    continue                                    # between windows (a dropped short shot)
+                if clip is None:
+                    clip = ClipEncoder(float(self.rate))
+                clip.add(frame, damaged)
+            self._finish(clip, window)
             clip = None
-    finally:
-        if clip is not None:
-            clip.close()
-    return seen
+        finally:                                                # an error mid-clip: drop it
+            if clip is not None:
+                clip.close()
+        return seen
 
-
-def _finish(item, caption, clip: ClipEncoder | None, window, rate: Fraction, start: float, min_frames: int,
-            opts: IngestOptions, shards: ChunkShards, tally: Tally) -> None:
-    if clip is None:
-        return
-    shot, first, _ = window
-    where = f"shot {shot}, frames {first}..{first + clip.frames}"
-    try:
-        if clip.frames < min_frames:
-            tally.skip(item.path, "too_short", f"{where}: under the --clip-seconds minimum")
+    def _finish(self, clip: ClipEncoder | None, window) -> None:
+        if clip is None:
+            return
+        shot, first, _ = window
+        where, path, tally = f"shot {shot}, frames {first}..{first + clip.frames}", self.item.path, self.tally
+        if clip.frames < self.min_frames:
+            tally.skip(path, "too_short", f"{where}: under the --clip-seconds minimum")
         elif clip.damaged:
-            tally.skip(item.path, "decode_error", f"{where}: damaged frames ({clip.frames} dropped)")
-        elif clip.frames > 1 and clip.motion < opts.min_motion:
-            tally.skip(item.path, "static", f"{where}: motion {clip.motion:.3f} under --min-motion {opts.min_motion}")
+            tally.skip(path, "decode_error", f"{where}: damaged frames ({clip.frames} dropped)")
+        elif clip.frames > 1 and clip.motion < self.opts.min_motion:
+            tally.skip(path, "static", f"{where}: motion {clip.motion:.3f} under --min-motion {self.opts.min_motion}")
         else:
             height, width = clip.size
-            meta = {"caption": caption, "fps": float(rate), "frames": clip.frames, "height": height, "width": width,
-                    "source": item.path, "start": round(start + float(first / rate), 6),
-                    "end": round(start + float((first + clip.frames) / rate), 6), "shot": shot,
+            meta = {"caption": self.caption, "fps": float(self.rate), "frames": clip.frames, "height": height,
+                    "width": width, "source": path, "start": round(self.start + float(first / self.rate), 6),
+                    "end": round(self.start + float((first + clip.frames) / self.rate), 6), "shot": shot,
                     "motion": round(clip.motion, 4)}
-            shards.write(sample(shards.next_key(), meta, clip.finish(), "mp4"))
+            self.shards.write(sample(self.shards.next_key(), meta, clip.finish(), "mp4"))
             tally.clips += 1
             tally.frames += clip.frames
-            tally.seconds += clip.frames / float(rate)
-            return
-    finally:
+            tally.seconds += clip.frames / float(self.rate)
         clip.close()

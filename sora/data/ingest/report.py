@@ -72,6 +72,8 @@ REASONS = {
     "too_long": "over --max-seconds",
     "static": "motion score under --min-motion",
     "bad_range": "manifest start/end outside the video or end <= start",
+    "internal_error": "a bug in sora ingest met this file (logged with its traceback)",
+    "truncated": "decoded to less than 90% of the length its header gives",
 }
 
 
