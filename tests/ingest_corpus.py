@@ -51,9 +51,10 @@ def red_corner(frame: np.ndarray) -> str:
 
 def encode(path: str, frames, rate, codec: str, fmt: str, pix_fmt: str, *, rotation: int | None = None,
            audio: bool = False, pts: list[int] | None = None, time_base: Fraction | None = None,
-           options: dict | None = None) -> None:
+           options: dict | None = None, sar: Fraction | None = None) -> None:
     """Write frames (uint8 [H, W, 3] each) with one of FFmpeg's encoders. `rotation`: display matrix
-    angle (counter-clockwise degrees, as PyAV reads it back); `pts` with `time_base`: variable timing."""
+    angle (counter-clockwise degrees, as PyAV reads it back); `pts` with `time_base`: variable timing;
+    `sar`: the sample aspect ratio (anamorphic pixels)."""
     frames = list(frames)
     with av.open(path, "w", format=fmt) as c:
         s = c.add_stream(codec, rate=Fraction(rate))
@@ -65,6 +66,8 @@ def encode(path: str, frames, rate, codec: str, fmt: str, pix_fmt: str, *, rotat
             s.options = options
         if rotation is not None:
             s.set_display_rotation(rotation)
+        if sar is not None:
+            s.codec_context.sample_aspect_ratio = sar
         a = None
         if audio:
             a = c.add_stream("aac", rate=16000)
@@ -159,6 +162,13 @@ def build(root: str) -> dict:
     upright = clip(30, 64, 48)
     add("phone/portrait.mp4", [np.ascontiguousarray(np.rot90(f, 1)) for f in upright], 30, "libx264", "mp4",
         "yuv420p", rotation=-90, display=(64, 48))
+    add("phone/portrait_ccw.mov", [np.ascontiguousarray(np.rot90(f, -1)) for f in upright], 30, "libx264", "mov",
+        "yuv420p", rotation=90, display=(64, 48))
+    add("phone/upside_down.mp4", [np.ascontiguousarray(np.rot90(f, 2)) for f in clip(30)], 30, "libx264", "mp4",
+        "yuv420p", rotation=180)
+    # anamorphic: 32x48 coded pixels twice as wide as tall (sample aspect ratio 2:1), shown 64x48
+    add("anamorphic.mp4", [np.ascontiguousarray(f[:, ::2]) for f in clip(24)], 24, "libx264", "mp4", "yuv420p",
+        sar=Fraction(2))
     # variable frame rate: 20 frames 50 ms apart, then 10 frames 100 ms apart (2 s, 15 fps on average);
     # frame i's square sits at x = 2 i, so each output frame shows which source frame it came from
     vfr_pts = [50 * i for i in range(20)] + [1000 + 100 * i for i in range(10)]

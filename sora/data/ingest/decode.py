@@ -33,11 +33,12 @@ class Skip(Exception):
 
 @dataclass(frozen=True)
 class Probe:
-    width: int                   # coded size (before rotation); 0 when the header does not say
+    width: int                   # displayed size before rotation (anamorphic pixels widened); 0: unknown
     height: int
     rate: Fraction               # average source frame rate
     duration: float | None       # seconds, from the header (None when unknown)
     codec: str
+    sar: Fraction                # sample (pixel) aspect ratio
 
 
 def _open(path: str, max_pixels: int):
@@ -77,7 +78,10 @@ def probe(path: str, max_pixels: int) -> Probe:
             rate = Fraction(frames / duration).limit_denominator(1001) if frames and duration else None
         if not rate or rate <= 0:
             raise Skip("decode_error", "no frame rate in the header")
-        return Probe(w, h, Fraction(rate), duration if duration and duration > 0 else None, cc.name)
+        sar = stream.sample_aspect_ratio or cc.sample_aspect_ratio
+        sar = Fraction(sar) if sar and 0.1 <= sar <= 10 else Fraction(1)     # absent, or absurd: square
+        return Probe(round(w * sar), h, Fraction(rate), duration if duration and duration > 0 else None,
+                     cc.name, sar)
 
 
 def output_rate(source: Fraction, fps_max: float) -> Fraction:
@@ -205,27 +209,25 @@ def stored_size(width: int, height: int, max_side: int, even: bool) -> tuple[int
     return w, h
 
 
-def rgb_converter(max_side: int) -> Callable:
-    """convert(av_frame, turns) -> uint8 [H, W, 3] RGB, upright, at the stored size fixed by the first frame."""
+def rgb_converter(max_side: int, sar: Fraction = Fraction(1)) -> Callable:
+    """convert(av_frame, turns) -> uint8 [H, W, 3] RGB, upright, square pixels (an anamorphic frame,
+    sample aspect ratio `sar`, is widened), at the stored size the first frame fixes."""
     size: list[tuple[int, int]] = []
 
     def convert(frame: av.VideoFrame, turns: int) -> np.ndarray:
-        dw, dh = display_size(frame.width, frame.height, turns)
+        dw, dh = display_size(max(1, round(frame.width * sar)), frame.height, turns)
         if not size:
             size.append(stored_size(dw, dh, max_side, even=True))
         out_w, out_h = size[0]
-        scale = min(1.0, max(out_w / dw, out_h / dh))
-        if dw < out_w or dh < out_h:   # the size changed mid-stream: fit it exactly
-            cw, ch = (out_h, out_w) if turns % 2 else (out_w, out_h)
+        scale = max(out_w / dw, out_h / dh)        # cover the stored size, aspect kept; the crop drops the rest
+        tw, th = max(out_w, round(dw * scale)), max(out_h, round(dh * scale))
+        cw, ch = (th, tw) if turns % 2 else (tw, th)                  # before rotation
+        if (cw, ch) == (frame.width, frame.height):
+            arr = frame.to_ndarray(format="rgb24")                    # [H, W, 3]
+        else:     # resize in swscale (area) before rotating: fewer bytes move
             arr = frame.reformat(width=cw, height=ch, format="rgb24", interpolation="AREA").to_ndarray()
-        elif scale < 1.0:   # resize in swscale (area) before rotating: fewer bytes move
-            tw, th = max(out_w, round(dw * scale)), max(out_h, round(dh * scale))
-            cw, ch = (th, tw) if turns % 2 else (tw, th)
-            arr = frame.reformat(width=cw, height=ch, format="rgb24", interpolation="AREA").to_ndarray()
-        else:
-            arr = frame.to_ndarray(format="rgb24")          # [H, W, 3]
         arr = np.rot90(arr, turns) if turns else arr
-        return np.ascontiguousarray(arr[:out_h, :out_w])    # drop an odd last row / column
+        return np.ascontiguousarray(arr[:out_h, :out_w])             # an odd last row / column goes
 
     return convert
 

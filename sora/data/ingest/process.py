@@ -107,7 +107,7 @@ def _video(item: Item, caption: str, opts: IngestOptions, shards: ChunkShards, t
         open_end = True
     for shot, lost in dropped:
         tally.skip(item.path, "too_short", f"shot {shot}: {lost} frames under the --clip-seconds minimum")
-    reader = CfrReader(item.path, rate, opts.max_pixels, rgb_converter(opts.max_side), start, end)
+    reader = CfrReader(item.path, rate, opts.max_pixels, rgb_converter(opts.max_side, info.sar), start, end)
     clips_before = tally.clips
     writer = _ClipWriter(item, caption, rate, start, min_frames, opts, shards, tally)
     seen = writer.run(reader, _windows(windows, open_end, max_frames), check_first=not (info.width and info.height))
