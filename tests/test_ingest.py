@@ -397,3 +397,17 @@ def test_a_second_split_into_the_same_directory(built, tmp_path):
     assert (r["splits"]["train"]["clips"], r["splits"]["heldout"]["clips"], r["clips"]) == (2, 1, 3)
     assert r["skipped"] == {"empty_file": 1} and r["files"] == 4
     assert [m["caption"] for m, _ in samples(tmp_path / "d", "heldout")] == [corpus.caption_for("hevc.mkv")]
+
+
+def test_sidecar_captions(tmp_path):
+    from sora.data.ingest.sources import sidecar_caption
+    cases = {"a.txt": b"  a caption \n", "b.json": b'{"caption": "from json"}', "c.json": b'{"text": "from text"}',
+             "d.mp4.txt": b"beside the full name", "e.txt": b"caf\xe9", "f.json": b"{not json", "g.json": b'{"x": 1}',
+             "h.txt": b"   \n", "i.txt": "\u00e9t\u00e9 \u2600".encode()}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    got = {n: sidecar_caption(str(tmp_path / f"{n}.mp4")) for n in "abcdefghij"}
+    assert got["a"] == ("a caption", None) and got["b"] == ("from json", None) and got["c"] == ("from text", None)
+    assert got["d"] == ("beside the full name", None) and got["i"] == ("\u00e9t\u00e9 \u2600", None)
+    assert [got[n][1][0] for n in "efghj"] == ["non_utf8", "bad_caption", "bad_caption", "missing_caption",
+                                               "missing_caption"]

@@ -132,10 +132,11 @@ def sources_digest(items: list[Item]) -> str:
 # ---------------------------------------------------------------- captions
 
 def sidecar_caption(path: str) -> tuple[str | None, tuple[str, str] | None]:
-    """(caption, None) from NAME.txt or NAME.json beside the file, else (None, (reason, detail))."""
+    """(caption, None) from NAME.txt or NAME.json beside NAME.mp4 (or NAME.mp4.txt / .json), else
+    (None, (reason, detail))."""
     stem = os.path.splitext(path)[0]
-    for ext in ("txt", "json"):
-        side = f"{stem}.{ext}"
+    for side in (f"{stem}.txt", f"{stem}.json", f"{path}.txt", f"{path}.json"):
+        ext = extension(side)
         if not os.path.isfile(side):
             continue
         try:
@@ -151,9 +152,9 @@ def sidecar_caption(path: str) -> tuple[str | None, tuple[str, str] | None]:
                 meta = json.loads(text)
             except ValueError as e:
                 return None, ("bad_caption", f"{os.path.basename(side)}: {e}")
-            caption = meta.get("caption") if isinstance(meta, dict) else None
+            caption = next((meta[k] for k in CAPTION_COLUMNS if k in meta), None) if isinstance(meta, dict) else None
             if not isinstance(caption, str):
-                return None, ("bad_caption", f"{os.path.basename(side)} has no string 'caption'")
+                return None, ("bad_caption", f"{os.path.basename(side)} has no string 'caption' (or 'text')")
             text = caption
         if _bad_text(text):
             return None, ("non_utf8", f"{os.path.basename(side)}: lone surrogate")
