@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 MAX_DECODE_ERRORS = 32     # give up on a source after this many failed packets
+MAX_SOURCE_FPS = 480       # higher "frame rates" in headers are clocks (1000, 90000), not rates
 
 
 class Skip(Exception):
@@ -72,12 +73,12 @@ def probe(path: str, max_pixels: int) -> Probe:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
             duration = container.duration / av.time_base
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        if not rate or rate <= 0:
-            frames = stream.frames
-            rate = Fraction(frames / duration).limit_denominator(1001) if frames and duration else None
-        if not rate or rate <= 0:
-            raise Skip("decode_error", "no frame rate in the header")
+        counted = Fraction(stream.frames / duration).limit_denominator(1001) if stream.frames and duration else None
+        # a rate of 1000 is usually a container's millisecond clock, not the video's frame rate
+        rate = next((r for r in (stream.average_rate, counted, stream.guessed_rate, stream.base_rate)
+                     if r and 0 < r <= MAX_SOURCE_FPS), None)
+        if rate is None:
+            raise Skip("decode_error", f"no plausible frame rate in the header (average {stream.average_rate})")
         sar = stream.sample_aspect_ratio or cc.sample_aspect_ratio
         sar = Fraction(sar) if sar and 0.1 <= sar <= 10 else Fraction(1)     # absent, or absurd: square
         return Probe(round(w * sar), h, Fraction(rate), duration if duration and duration > 0 else None,
