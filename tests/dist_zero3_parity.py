@@ -16,7 +16,8 @@ from sora.diffusion.flow import first_frame_tokens
 from sora.models.t2v import TextToVideo
 from sora.parallel.dims import init_distributed
 from sora.train.checkpoint import gather_full_state
-from sora.train.trainer import build_engine, flow_matching_loss, step_input
+from sora.train.engine import build_engine
+from sora.train.trainer import flow_matching_loss, step_input
 
 CAPS = ["a red circle moving left", "a blue square moving up", "", "a white triangle moving down"]
 

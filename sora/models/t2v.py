@@ -39,6 +39,13 @@ class TextToVideo(nn.Module):
         ctx, cu = self._frozen_text[0].encode(captions)
         return ctx.to(device), cu.to(device)
 
+    def text_lengths(self, captions: list[str]) -> list[int]:
+        """Tokens `encode_text` makes of each caption (the tokenizer alone: for the cost model)."""
+        if self.text is not None:
+            _, cu = self.text.tokenizer(captions)
+            return (cu[1:] - cu[:-1]).tolist()
+        return self._frozen_text[0].lengths(captions)
+
     def forward(self, x, cu_seqlens, max_seqlen, grid, t, captions: list[str], token_offset=None, given=None):
         ctx, cu_ctx = self.encode_text(captions, x.device)
         max_ctx = int((cu_ctx[1:] - cu_ctx[:-1]).max())
