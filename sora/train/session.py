@@ -67,7 +67,7 @@ class TrainSession:
         self.dtype = torch.bfloat16 if self.bf16 else torch.float32
         self.run_dir = Path(cfg.run.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        problem = storage.agree(storage.writable_problem(self.ckpt_dir, self.dims.rank))
+        problem = storage.agree(storage.writable_problem(self.run_dir, self.dims.rank))
         if problem:
             raise StorageError(problem)
         self.state: Checkpointed | None = None
@@ -160,9 +160,10 @@ class TrainSession:
         code through torchrun (which reports any worker failure as its own code 1)."""
         if not self.dims.is_main:
             return
+        tmp = self.run_dir / "exit_status.json.tmp"
         try:
-            tmp = self.run_dir / "exit_status.json.tmp"
             tmp.write_text(json.dumps({"code": code, "message": message, "time": time.time()}))
             tmp.replace(self.run_dir / "exit_status.json")
         except OSError as e:    # the disk that stopped the run may not take this either
+            tmp.unlink(missing_ok=True)
             log.warning("could not write %s: %s", self.run_dir / "exit_status.json", e)

@@ -26,16 +26,17 @@ def human(n: float) -> str:
     return f"{n / 1024:.1f} GiB"
 
 
-def writable_problem(path: Path, rank: int) -> str | None:
-    """None if this rank can create `path` and write a file in it, else why not."""
+def writable_problem(run_dir: Path, rank: int) -> str | None:
+    """None if this rank can create run_dir/checkpoints and write a file there, else why not."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-rank{rank:05d}"
+        ckpt_dir = run_dir / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        probe = ckpt_dir / f".write-probe-rank{rank:05d}"
         probe.write_bytes(b"probe")
         probe.unlink()
     except OSError as e:
-        return f"run directory '{path}' is not writable: {e.strerror or e}" + (
-            f" ('{e.filename}')" if e.filename and str(e.filename) != str(path) else "")
+        return f"the run directory '{run_dir}' is not writable: {e.strerror or e}" + (
+            f" ('{e.filename}')" if e.filename and str(e.filename) != str(run_dir) else "")
     return None
 
 
@@ -84,8 +85,14 @@ def checkpoint_space_problem(ckpt_dir: Path, engines: dict, ema) -> str | None:
 
 
 def save_failed(ckpt_dir: Path, tag: str, error: BaseException) -> str:
-    return (f"saving checkpoint {tag} in '{ckpt_dir}' failed: {type(error).__name__}: {error}; the last complete "
-            f"checkpoint is {last_complete(ckpt_dir)} (the partial save is removed at the next start)")
+    """Why a save that started did not complete: the error (torch.save reports a full disk as an
+    obscure RuntimeError, so the free space is named too) and what a restart resumes from."""
+    try:
+        free = f"{human(shutil.disk_usage(ckpt_dir).free)} free on its filesystem"
+    except OSError as e:
+        free = f"free space unknown: {e.strerror or e}"
+    return (f"saving checkpoint {tag} in '{ckpt_dir}' failed ({free}): {type(error).__name__}: {error}; the last "
+            f"complete checkpoint is {last_complete(ckpt_dir)} (the partial save is removed at the next start)")
 
 
 def agree(problem: str | None) -> str | None:
