@@ -22,14 +22,21 @@ from sora.train import flops as F
 W, DEPTH, HEADS, IN, TEXT = 64, 2, 4, 16, 32
 
 
-def _packed(seqlens, ctx_lens, text_dim=TEXT, in_dim=IN, dtype=torch.float32, gen=None):
+def _dit(**kw):
+    """The DiT of these tests: 4 latent channels x (1, 2, 2) patches = IN values per token."""
+    return DiT(IN // 4, (1, 2, 2), W, DEPTH, HEADS, TEXT, **kw)
+
+
+def _packed(model, seqlens, ctx_lens, text_dim=TEXT, dtype=torch.float32, gen=None):
+    """(latents [N*P], layout, t, ctx, cu_ctx): the DiT's arguments for samples of these lengths."""
+    kernels = getattr(model, "dit", model).kernels
     cu = torch.tensor([0] + list(torch.tensor(seqlens).cumsum(0)), dtype=torch.int32)
     grid = torch.tensor([[1, 1, s] for s in seqlens], dtype=torch.int32)
     cu_c = torch.tensor([0] + list(torch.tensor(ctx_lens).cumsum(0)), dtype=torch.int32)
-    x = torch.randn(sum(seqlens), in_dim, generator=gen, dtype=dtype)
+    x = torch.randn(sum(seqlens) * IN, generator=gen, dtype=dtype)
     ctx = torch.randn(sum(ctx_lens), text_dim, generator=gen, dtype=dtype)
     t = torch.rand(len(seqlens), generator=gen).to(dtype)
-    return x, cu, max(seqlens), grid, t, ctx, cu_c, max(ctx_lens)
+    return x, kernels.layout(cu, grid), t, ctx, cu_c
 
 
 def _shape(**kw):
@@ -38,16 +45,16 @@ def _shape(**kw):
 
 def test_param_count_matches_model():
     for qk in (True, False):
-        m = DiT(IN, W, DEPTH, HEADS, TEXT, qk_norm=qk)
+        m = _dit(qk_norm=qk)
         assert F.DiTShape(DEPTH, W, HEADS, IN, TEXT, qk_norm=qk).dit_params() == sum(p.numel() for p in m.parameters())
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_dit_flops_exact(checkpointing):
     torch.manual_seed(0)
-    m = DiT(IN, W, DEPTH, HEADS, TEXT, checkpointing=checkpointing).train()
+    m = _dit(checkpointing=checkpointing).train()
     seqlens, ctx_lens = [1, 17, 40, 6], [3, 1, 5, 2]           # odd sizes, an image-like 1-token sample
-    args = _packed(seqlens, ctx_lens)
+    args = _packed(m, seqlens, ctx_lens)
     with F.flop_counter() as fc:
         m(*args).square().mean().backward()
     path = F.attention_path(m.kernels.attention)
@@ -70,9 +77,10 @@ def test_t2v_flops_exact_with_trainable_text_encoder():
     ctx_lens = model.text_lengths(captions)
     assert ctx_lens == model.encode_text(captions, "cpu")[1].diff().tolist() == [6, 1, cfg.text.max_tokens]
     seqlens = [12, 30, 5]
-    x, cu, mx, grid, t, _, _, _ = _packed(seqlens, ctx_lens, in_dim=model.dit.in_dim)
+    x, layout, t, _, _ = _packed(model, seqlens, ctx_lens)
+    cu = layout.cu_seqlens
     with F.flop_counter() as fc:
-        model(x, cu, mx, grid, t, captions).square().mean().backward()
+        model(x, layout, t, captions).square().mean().backward()
     shape = F.DiTShape.from_config(cfg)
     assert shape.text_layers == 1 and shape.dit_params() == sum(p.numel() for p in model.dit.parameters())
     est = F.step_flops(shape, seqlens, ctx_lens, attention=F.attention_path(model.dit.kernels.attention))
@@ -111,12 +119,12 @@ def _saved_bytes(model, args) -> int:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_activation_memory_within_20_percent(dtype):
     torch.manual_seed(0)
-    m = DiT(IN, W, DEPTH, HEADS, TEXT).to(dtype).train()
+    m = _dit().to(dtype).train()
     path = F.attention_path(m.kernels.attention)
     for seqlens in ([48], [96, 32], [256]):                         # three lengths
         ctx_lens = [5] * len(seqlens)
         try:
-            measured = _saved_bytes(m, _packed(seqlens, ctx_lens, dtype=dtype))
+            measured = _saved_bytes(m, _packed(m, seqlens, ctx_lens, dtype=dtype))
         except RuntimeError as e:   # a model-side dtype bug must not hide as a memory-model failure
             if dtype is torch.bfloat16 and "same dtype" in str(e):
                 pytest.skip(f"the DiT does not run in pure bf16 yet: {e}")
@@ -130,13 +138,13 @@ def test_peak_memory_of_a_step_within_20_percent():
 
     torch.manual_seed(0)
     for checkpointing in (False, True):
-        m = DiT(IN, W, DEPTH, HEADS, TEXT, checkpointing=checkpointing).train()
+        m = _dit(checkpointing=checkpointing).train()
         opt = torch.optim.AdamW(m.parameters())
         path = F.attention_path(m.kernels.attention)
         shape = _shape()
         for seqlens in ([64], [128, 32], [512]):
             ctx_lens = [4] * len(seqlens)
-            args = _packed(seqlens, ctx_lens)
+            args = _packed(m, seqlens, ctx_lens)
             tracker = MemTracker()
             tracker.track_external(m, opt)
             with tracker:
