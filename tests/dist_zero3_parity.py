@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from sora.config import load_config
-from sora.data.packing import PackItem, concat_packs, pack
+from sora.data.packing import PackItem, pack
 from sora.diffusion.flow import first_frame_tokens
 from sora.models.t2v import TextToVideo
 from sora.parallel.dims import init_distributed
@@ -22,8 +22,8 @@ CAPS = ["a red circle moving left", "a blue square moving up", "", "a white tria
 
 
 def make_pack(step, which, in_dim, cfg):
-    """Deterministic pack + its noise, times and given tokens; sizes differ per pack (images and
-    videos); one video trains image-to-video (first frame given), the other whole."""
+    """Deterministic samples, their pack + its noise, times and given tokens; sizes differ per pack
+    (images and videos); one video trains image-to-video (first frame given), the other whole."""
     g = torch.Generator().manual_seed(1000 * step + which)
     grids = [(1, 2, 3), (3, 2, 2), (1, 1, 1)] if which == 0 else [(5, 2, 3), (1, 4, 4)]
     items = [PackItem(torch.randn(t * h * w, in_dim, generator=g), (t, h, w), CAPS[(i + which) % 4], f"{which}-{i}")
@@ -32,7 +32,7 @@ def make_pack(step, which, in_dim, cfg):
     t = torch.rand(b.num_samples, generator=g)
     noise = torch.randn(tuple(b.x.shape), generator=g)
     given = first_frame_tokens(b.cu_seqlens, b.grid, torch.arange(b.num_samples) % 2 == 1)
-    return b, t, noise, given
+    return items, b, t, noise, given
 
 
 def main(out_path, steps):
@@ -54,10 +54,10 @@ def main(out_path, steps):
     for step in range(steps):
         packs = [make_pack(step, w, model.dit.in_dim, cfg) for w in range(2)]
         if dims.world == 1:
-            batch = concat_packs([p[0] for p in packs])
-            t, noise, given = (torch.cat([p[i] for p in packs]) for i in (1, 2, 3))
+            batch = pack([item for p in packs for item in p[0]])
+            t, noise, given = (torch.cat([p[i] for p in packs]) for i in (2, 3, 4))
         else:
-            batch, t, noise, given = packs[dims.rank]
+            _, batch, t, noise, given = packs[dims.rank]
         objective, loss, tokens = flow_matching_loss(engine, step_input(batch, t, noise, given, dims, None))
         engine.backward(objective)
         if step == 0:

@@ -57,18 +57,9 @@ def pack(items: list[PackItem], budget: int = 0) -> PackedBatch:
                        budget=budget or int(cu[-1]))
 
 
-def concat_packs(packs: list[PackedBatch]) -> PackedBatch:
-    """Several packs as one (e.g. what a single rank would see for all data-parallel ranks)."""
-    items = []
-    for p in packs:
-        for b in range(p.num_samples):
-            s, e = int(p.cu_seqlens[b]), int(p.cu_seqlens[b + 1])
-            items.append(PackItem(p.x[s:e], tuple(p.grid[b].tolist()), p.captions[b], p.keys[b] if p.keys else ""))
-    return pack(items, budget=sum(p.budget for p in packs))
-
-
-def take_best_fit(buffer: list, budget: int) -> list:
-    """Remove and return items that fill `budget` as fully as a greedy first-fit-decreasing can.
+def take_first_fit_decreasing(buffer: list, budget: int) -> list:
+    """Remove and return items that fill `budget` as fully as a greedy first-fit-decreasing can
+    (largest first, each taken if it still fits).
     Items keep arriving, so the leftovers fill later packs; nothing is dropped or padded.
     Items only need `num_tokens` (the loader packs clips before encoding them)."""
     order = sorted(range(len(buffer)), key=lambda i: -buffer[i].num_tokens)

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from sora.config import Config, resolved_dims, save_config
 from sora.data.latent_shards import latent_stream, uses_latent_shards
-from sora.data.loader import PackedLoader, VideoStream
+from sora.data.loader import PackedLoader
+from sora.data.pipeline import VideoStream
 from sora.data.shards import SkipStats, list_shards
 from sora.diffusion.flow import add_noise, first_frame_tokens, flow_loss_sum, sample_timesteps
 from sora.models.t2v import TextToVideo
@@ -24,6 +25,7 @@ from sora.parallel.deepspeed_config import deepspeed_config
 from sora.parallel.dims import ParallelDims, init_distributed
 from sora.parallel.sequence import shard_rows, shard_sequence
 from sora.parallel.ulysses import init_sequence_parallel_groups, pack_checksum, wrap_for_sequence_parallel
+from sora.shapes import ShapeRules
 from sora.train import rng_state
 from sora.train.artifacts import check_vae_matches, load_vae, save_weights
 from sora.train.checkpoint import gather_full_state, load_checkpoint, save_checkpoint
@@ -159,8 +161,8 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     ckpt_dir = run_dir / "checkpoints"
 
     stats = SkipStats()
-    videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, cfg.vae.ft, cfg.vae.fh,
-                         cfg.model.patch, dims.dp_rank, dims.dp, cfg.run.seed, stats)
+    videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, ShapeRules.of(cfg), dims.dp_rank,
+                         dims.dp, cfg.run.seed, stats)
 
     @torch.no_grad()
     def encode(video):                                              # [3, T, H, W] -> [C, T', H', W']

@@ -23,9 +23,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sora.config import Config, save_config
-from sora.data.loader import VideoStream
-from sora.data.pipeline import target_shape, to_model_video
-from sora.data.shards import SkipStats, iter_shard_samples, list_shards
+from sora.data.pipeline import VideoStream
+from sora.data.shards import SkipStats, list_shards
+from sora.shapes import ShapeRules
 from sora.train.artifacts import build_vae, save_weights
 from sora.train.metrics import MetricsLogger
 from sora.train.schedule import warmup_cosine
@@ -81,11 +81,8 @@ def heldout_clips(cfg: Config, stats: SkipStats) -> list[tuple[str, torch.Tensor
     except FileNotFoundError:
         return []
     clips = []
-    for s in iter_shard_samples(paths, stats, max_frames=cfg.data.max_frames):
-        shape = target_shape(*s.frames.shape[:3], cfg.vae.ft, cfg.vae.fh, (1, 1, 1), cfg.data.max_frames,
-                             cfg.data.max_tokens_per_sample)
-        if shape is not None:
-            clips.append((s.key, to_model_video(s.frames, shape)))
+    for s in VideoStream(paths, cfg.data, ShapeRules(cfg.vae.ft, cfg.vae.fh), stats=stats).samples(paths):
+        clips.append((s.key, s.data))
         if len(clips) >= cfg.vae.eval_clips:
             break
     return clips
@@ -145,7 +142,7 @@ def train_vae(cfg: Config) -> Path:
     torch.manual_seed(cfg.run.seed * 1000 + dims.rank + 1)   # each rank its own posterior samples
 
     stats = SkipStats()
-    videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, cfg.vae.ft, cfg.vae.fh, (1, 1, 1),
+    videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, ShapeRules(cfg.vae.ft, cfg.vae.fh),
                          dims.dp_rank, dims.dp, seed=cfg.run.seed, stats=stats)
     stream = iter(videos)
     eval_stats = SkipStats()
