@@ -42,10 +42,6 @@ class SkipStats:
             log.warning("skipping %s: %s%s (further %r skips are only counted)",
                         key, reason, f" ({detail})" if detail else "", reason)
 
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
     def as_dict(self) -> dict[str, int]:
         return dict(self.counts)
 
