@@ -25,7 +25,7 @@ from sora.shapes import ShapeRules
 def sample_token_counts(cfg) -> list[int]:
     """Tokens of every training sample, prepared as the trainer prepares them."""
     rules, paths = ShapeRules.of(cfg), list_shards(cfg.data.path, cfg.data.split)
-    return [rules.tokens(*s.data.shape[1:]) for s in VideoStream(paths, cfg.data, rules).samples(paths)]
+    return [rules.tokens(*s.data.shape[1:]) for s in VideoStream(paths, cfg.data, rules).samples()]
 
 
 def packed_efficiency(counts: list[int], budget: int, lookahead: int, epochs: int, seed: int) -> float:

@@ -91,7 +91,7 @@ def preprocess_shard(src: str, dst: Path, cfg: Config, encode, text, device, bat
     """One raw shard -> one latent shard (atomically). Returns (samples written, skip counts)."""
     stats = SkipStats()
     ready = []                                                  # (key, latent, meta)
-    for s in VideoStream([src], cfg.data, ShapeRules.of(cfg), stats=stats).samples([src]):
+    for s in VideoStream([src], cfg.data, ShapeRules.of(cfg), stats=stats).samples():
         with torch.no_grad():
             z = encode(s.data[None].to(device))[0].float().cpu().numpy()    # [C, T', H', W']
         if not np.isfinite(z).all():

@@ -63,8 +63,8 @@ def test_latents_match_the_vae(world):
     tok = HashTokenizer(cfg.text.vocab, cfg.text.max_tokens)
     rules = ShapeRules.of(cfg)
     raw_paths, lat_paths = list_shards(cfg.data.path, "train"), sorted(map(str, out.glob("train-*.tar")))
-    raw = {s.key: s for s in VideoStream(raw_paths, cfg.data, rules).samples(raw_paths)}
-    got = list(LatentStream(lat_paths, cfg.data, 4, rules).samples(lat_paths))
+    raw = {s.key: s for s in VideoStream(raw_paths, cfg.data, rules).samples()}
+    got = list(LatentStream(lat_paths, cfg.data, 4, rules).samples())
     assert len(got) == 12
     members = {k: v for p in lat_paths for k, v in _members(p).items()}
     for s in got:
@@ -172,7 +172,7 @@ def test_bad_latent_samples_skipped_and_counted(tmp_path, monkeypatch):
     stats = SkipStats()
     cfg = load_config(f"{ROOT}/configs/demo.yaml")
     path = str(tmp_path / "train-000000.tar")
-    got = list(LatentStream([path], cfg.data, 4, ShapeRules.of(cfg), stats=stats).samples([path]))
+    got = list(LatentStream([path], cfg.data, 4, ShapeRules.of(cfg), stats=stats).samples())
     assert [s.key for s in got] == ["g0", "g1"]
     assert not marker.exists()
     assert stats.as_dict() == {"bad_latent_shape": 3, "nonfinite_latent": 1, "bad_npy": 2, "pickle_payload": 1,

@@ -50,9 +50,10 @@ class SampleStream:
         """One sample from its shard members (header already checked), or None after counting why."""
         raise NotImplementedError
 
-    def samples(self, paths: list[str], part: tuple[int, int] = (0, 1)) -> Iterator[Decoded]:
-        """Decoded samples of `paths` in order; part (i, n): only the i-th of every n shard members."""
-        i, n = part
+    def samples(self, paths: list[str] | None = None, part: tuple[int, int] = (0, 1)) -> Iterator[Decoded]:
+        """Decoded samples of `paths` (default: every shard, sorted) in order, once; part (i, n): only
+        the i-th of every n shard members."""
+        paths, (i, n) = self.all_paths if paths is None else paths, part
         for index, group in enumerate(g for path in paths for g in iter_groups(path, self.stats)):
             if index % n != i:
                 continue

@@ -81,7 +81,7 @@ def heldout_clips(cfg: Config, stats: SkipStats) -> list[tuple[str, torch.Tensor
     except FileNotFoundError:
         return []
     clips = []
-    for s in VideoStream(paths, cfg.data, ShapeRules(cfg.vae.ft, cfg.vae.fh), stats=stats).samples(paths):
+    for s in VideoStream(paths, cfg.data, ShapeRules(cfg.vae.ft, cfg.vae.fh), stats=stats).samples():
         clips.append((s.key, s.data))
         if len(clips) >= cfg.vae.eval_clips:
             break
