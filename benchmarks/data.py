@@ -4,7 +4,7 @@ budget, and the loader's clips/s.
     python benchmarks/data.py --quick
 
 Efficiency = real tokens / token budget, averaged over micro-batches:
-  - packing: our best-fit packing (sora.data.packing.take_best_fit, 32-clip lookahead), every
+  - packing: our first-fit-decreasing packing (sora.data.packing.take_first_fit_decreasing, 32-clip lookahead), every
     sample at its own duration/resolution in one sequence (the function `packed_efficiency` of
     benchmarks/packing_efficiency.py);
   - bucketing: the usual alternative: samples of one exact (frames, height, width) bucket are
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, pyplot, write_json  # noqa: E402
 from packing_efficiency import packed_efficiency, padded_efficiency  # noqa: E402
 
-from sora.data.pipeline import target_shape, tokens_for  # noqa: E402
+from sora.shapes import ShapeRules  # noqa: E402
 
 FRAMES = [1, 1, 17, 33, 49, 65, 97]
 HEIGHTS = [256, 360, 480, 720]
@@ -41,14 +41,15 @@ ASPECTS = [16 / 9, 4 / 3, 1.0, 9 / 16]
 
 def synthetic_shapes(n: int, budget: int, seed: int, ft=4, fh=8, patch=(1, 2, 2)) -> list[tuple[tuple, int]]:
     rng = np.random.default_rng(seed)
+    rules = ShapeRules(ft, fh, patch)
     out = []
     while len(out) < n:
         f = int(rng.choice(FRAMES))
         h = int(rng.choice(HEIGHTS))
         w = int(round(h * float(rng.choice(ASPECTS))))
-        shape = target_shape(f, h, w, ft, fh, patch, 97, budget)
+        shape = rules.fit(f, h, w, 97, budget)
         if shape is not None:
-            out.append((shape, tokens_for(*shape, ft, fh, patch)))
+            out.append((shape, rules.tokens(*shape)))
     return out
 
 
@@ -66,14 +67,15 @@ def bucketed_efficiency(shapes: list[tuple[tuple, int]], budget: int) -> float:
 
 def loader_clips_per_s(clips: int, budget: int, seconds: float) -> dict:
     from sora.config import load_config
-    from sora.data.loader import PackedLoader, VideoStream
+    from sora.data.loader import PackedLoader
+    from sora.data.pipeline import VideoStream
     from sora.data.shards import list_shards
     from sora.data.synth import synthesize
 
     cfg = load_config(None, [])
     with tempfile.TemporaryDirectory() as d:
         synthesize(d, clips=clips, seed=0, heldout_clips=0)
-        videos = VideoStream(list_shards(d, "train"), cfg.data, cfg.vae.ft, cfg.vae.fh, cfg.model.patch, seed=0)
+        videos = VideoStream(list_shards(d, "train"), cfg.data, ShapeRules.of(cfg), seed=0)
         c, ft, fh = cfg.vae.latent_channels, cfg.vae.ft, cfg.vae.fh
 
         def encode(video):  # [3, T, H, W] -> [C, T', H', W'] stand-in for the VAE

@@ -1,4 +1,4 @@
-"""Packing efficiency on a dataset: real tokens / token budget for our best-fit packing, against
+"""Packing efficiency on a dataset: real tokens / token budget for our first-fit-decreasing packing, against
 padding every sample of a fixed-count batch to the longest one (what unpacked trainers do).
 
     python benchmarks/packing_efficiency.py --data data/shapes --config configs/demo.yaml
@@ -16,19 +16,16 @@ import numpy as np
 import torch
 
 from sora.config import load_config
-from sora.data.packing import PackItem, take_best_fit
-from sora.data.pipeline import target_shape, tokens_for
-from sora.data.shards import SkipStats, iter_shard_samples, list_shards
+from sora.data.packing import PackItem, take_first_fit_decreasing
+from sora.data.pipeline import VideoStream
+from sora.data.shards import list_shards
+from sora.shapes import ShapeRules
 
 
 def sample_token_counts(cfg) -> list[int]:
-    stats, counts = SkipStats(), []
-    for s in iter_shard_samples(list_shards(cfg.data.path, cfg.data.split), stats, max_frames=cfg.data.max_frames):
-        shape = target_shape(*s.frames.shape[:3], cfg.vae.ft, cfg.vae.fh, cfg.model.patch,
-                             cfg.data.max_frames, cfg.data.max_tokens_per_sample)
-        if shape is not None:
-            counts.append(tokens_for(*shape, cfg.vae.ft, cfg.vae.fh, cfg.model.patch))
-    return counts
+    """Tokens of every training sample, prepared as the trainer prepares them."""
+    rules, paths = ShapeRules.of(cfg), list_shards(cfg.data.path, cfg.data.split)
+    return [rules.tokens(*s.data.shape[1:]) for s in VideoStream(paths, cfg.data, rules).samples()]
 
 
 def packed_efficiency(counts: list[int], budget: int, lookahead: int, epochs: int, seed: int) -> float:
@@ -41,7 +38,7 @@ def packed_efficiency(counts: list[int], budget: int, lookahead: int, epochs: in
             pos += 1
         if pos >= len(stream):
             break  # the final drain of a finite stream is not steady state
-        fills.append(sum(p.num_tokens for p in take_best_fit(buffer, budget)) / budget)
+        fills.append(sum(p.num_tokens for p in take_first_fit_decreasing(buffer, budget)) / budget)
     return float(np.mean(fills))
 
 

@@ -149,7 +149,6 @@ def main(argv=None):
                 torch.manual_seed(0)
                 model, shape = build(size, shape_kw, device, dtype, checkpointing, a.backend)
                 if sp > 1:
-                    from sora.parallel.ulysses import wrap_for_sequence_parallel
                     wrap_for_sequence_parallel(model, sp_group)
                 path = F.attention_path(model.kernels.attention, str(device))
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -29,7 +29,7 @@ if [ -f runs/demo-vae/vae.safetensors ]; then echo "kept: runs/demo-vae/vae.safe
 stage "3/4 train the DiT on 2 ranks under DeepSpeed ZeRO-3 (stage 2)"
 "$PY/sora-launch" local --nproc 2 train configs/demo.yaml data.path="$DATA"
 
-stage "4/4 sample held-out prompts at two sizes (48x64 never seen in training) and score them"
+stage "4/4 sample held-out prompts at 9 and 17 frames, two sizes each (48x64 never seen in training), score per duration"
 "$PY/sora" evaluate --run runs/demo --data "$DATA"
 echo
 echo "samples (mp4 + gif): runs/demo/samples/   scores: runs/demo/samples/adherence.json"

@@ -91,10 +91,11 @@ def _cmd_export(a):
 
 
 def _cmd_evaluate(a):
-    from sora.eval.evaluate import evaluate_run
+    from sora.eval.evaluate import evaluate_run, format_by_frames
 
     report = evaluate_run(a.run, a.data, seeds=a.seeds, first_frame=a.first_frame)
     print(json.dumps(report["summary"], indent=2))
+    print(format_by_frames(report["summary"]))
 
 
 def _cmd_plan(a):

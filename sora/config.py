@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from sora.shapes import ShapeRules
 
 class ConfigError(ValueError):
     """A config key is unknown, malformed or impossible."""
@@ -331,20 +332,21 @@ def validate(cfg: Config) -> None:
     head_dim = width // heads
     _require(head_dim % 2 == 0 and head_dim >= 6, "model.heads", f"head dim {head_dim} must be even and >= 6 for 3-D RoPE")
     _require(m.backend in ("auto", "torch", "triton", "cuda", "cpp", "flash_attn"), "model.backend", f"unknown backend '{m.backend}'")
-    _require((d.max_frames - 1) % v.ft == 0, "data.max_frames",
-             f"frames must be 1 + ft*k with ft={v.ft}, got {d.max_frames}")
+    rules = ShapeRules.of(cfg)
+    problem = ShapeRules(v.ft, v.fh).frames_problem(d.max_frames)     # a cap: 1 + ft*k, and one temporal patch
+    if problem is None and rules.latent_frames(d.max_frames) < m.patch[0]:
+        problem = f"{d.max_frames} frames make fewer latent frames than the temporal patch {m.patch[0]}"
+    _require(problem is None, "data.max_frames", problem or "")
+    problem = rules.frames_problem(1) if d.image_ratio > 0 else None
+    _require(problem is None, "data.image_ratio", f"images are asked for, but {problem}")
     _require(d.tokens_per_batch >= d.max_tokens_per_sample, "data.tokens_per_batch",
              f"budget {d.tokens_per_batch} is smaller than data.max_tokens_per_sample {d.max_tokens_per_sample}")
     _require(0.0 <= d.caption_dropout < 1.0, "data.caption_dropout", f"must be in [0, 1), got {d.caption_dropout}")
-    pt, ph, pw = m.patch
     for i, size in enumerate(s.sizes):
         key = f"sample.sizes[{i}]"
         _require(len(size) == 3, key, f"needs [frames, height, width], got {size}")
-        f, h, w = (int(x) for x in size)
-        _require((f - 1) % v.ft == 0, key, f"frames must be 1 + ft*k with ft={v.ft}, got {f}")
-        _require(h % (v.fh * ph) == 0 and w % (v.fh * pw) == 0, key,
-                 f"height and width must be multiples of vae.fh*patch = {v.fh * ph}, got {h}x{w}")
-        _require(((f - 1) // v.ft + 1) % pt == 0 or f == 1, key, f"latent frames not divisible by temporal patch {pt}")
+        problem = rules.problem(*(int(x) for x in size))
+        _require(problem is None, key, problem or "")
     _require(cfg.parallel.sp >= 1, "parallel.sp", f"must be >= 1, got {cfg.parallel.sp}")
     _require(cfg.parallel.timeout_s > 0, "parallel.timeout_s", f"must be > 0, got {cfg.parallel.timeout_s}")
     _require(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")

@@ -12,6 +12,7 @@ from sora.data.packing import pack, PackItem
 from sora.diffusion.samplers import sample
 from sora.models.t2v import TextToVideo
 from sora.ops.patchify import unpatchify
+from sora.shapes import ShapeRules
 from sora.train.artifacts import load_vae, run_config
 
 
@@ -44,13 +45,11 @@ class VideoGenerator:
         return float(self.cfg.data.fps) if self.cfg.data.fps > 0 else 8.0
 
     def check_size(self, frames: int, height: int, width: int) -> None:
-        v, (pt, ph, pw) = self.cfg.vae, self.cfg.model.patch
-        if frames < 1 or (frames - 1) % v.ft:
-            raise ConfigError(f"--frames {frames}: must be 1 + {v.ft}*k")
-        if height % (v.fh * ph) or width % (v.fh * pw) or height <= 0 or width <= 0:
-            raise ConfigError(f"--height/--width {height}x{width}: must be positive multiples of {v.fh * ph}x{v.fh * pw}")
-        if ((frames - 1) // v.ft + 1) % pt:
-            raise ConfigError(f"--frames {frames}: latent frames not divisible by the temporal patch {pt}")
+        rules = ShapeRules.of(self.cfg)
+        for flag, problem in (("--frames", rules.frames_problem(frames)),
+                              ("--height/--width", rules.sides_problem(height, width))):
+            if problem:
+                raise ConfigError(f"{flag}: {problem}")
 
     @torch.no_grad()
     def generate(self, prompts: list[str], frames: int, height: int, width: int, steps: int | None = None,
@@ -69,9 +68,7 @@ class VideoGenerator:
         problem = untrained_first_frame_mode(self.cfg, mode if image is None else "image") if frames > 1 else None
         if problem:
             raise ConfigError(f"--first-frame {problem}")
-        c, t, h, w = self.vae.latent_shape(frames, height, width)
-        patch = self.cfg.model.patch
-        grid = (t // patch[0], h // patch[1], w // patch[2])
+        grid = ShapeRules.of(self.cfg).grid(frames, height, width)
         g = torch.Generator().manual_seed(seed)
         if image is not None:
             first = [self._encode_image(image, height, width)] * len(prompts)    # [C, 1, H', W'] each

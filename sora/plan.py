@@ -12,6 +12,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
+from sora.shapes import ShapeRules
 from sora.train import flops as F
 
 GiB = 1024 ** 3
@@ -47,9 +48,7 @@ def parse_clip(text: str, aspect: float = 16 / 9) -> Clip:
 
 def clip_tokens(clip: Clip, ft: int, fh: int, patch) -> tuple[int, tuple[int, int, int]]:
     """Tokens of one clip after the causal VAE (T = 1 + ft*k frames) and patchify; the grid."""
-    pt, ph, pw = patch
-    latent_t = (clip.frames - 1) // ft + 1
-    grid = (latent_t // pt, clip.height // (fh * ph), clip.width // (fh * pw))
+    grid = ShapeRules(ft, fh, tuple(patch)).grid(clip.frames, clip.height, clip.width)
     if min(grid) < 1:
         raise ValueError(f"clip {clip} makes no token with ft={ft}, fh={fh}, patch={patch}")
     return math.prod(grid), grid

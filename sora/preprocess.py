@@ -27,9 +27,11 @@ import torch
 from tqdm import tqdm
 
 from sora.config import Config, ConfigError, to_dict
-from sora.data.latent_shards import MANIFEST, npy_bytes, write_json_atomic, write_shard_atomic
-from sora.data.pipeline import MAX_FPS_STRIDE, prepare_sample
-from sora.data.shards import SkipStats, iter_shard_samples, list_shards
+from sora.data.atomic import write_json_atomic, write_shard_atomic
+from sora.data.latent_shards import MANIFEST, npy_bytes
+from sora.data.pipeline import VideoStream
+from sora.data.shards import SkipStats, list_shards
+from sora.shapes import ShapeRules
 
 log = logging.getLogger("sora.preprocess")
 
@@ -89,20 +91,15 @@ def _manifest(cfg: Config, info: dict) -> dict:
 def preprocess_shard(src: str, dst: Path, cfg: Config, encode, text, device, batch_captions: int = 32) -> tuple[int, dict]:
     """One raw shard -> one latent shard (atomically). Returns (samples written, skip counts)."""
     stats = SkipStats()
-    cap = cfg.data.max_frames if cfg.data.fps <= 0 else 1 + (cfg.data.max_frames - 1) * MAX_FPS_STRIDE
-    ready = []                                                  # (key, latent, caption, meta)
-    for s in iter_shard_samples([src], stats, max_frames=cap):
-        prepared = prepare_sample(s.frames, s.fps, s.key, cfg.data, cfg.vae.ft, cfg.vae.fh, cfg.model.patch, stats)
-        if prepared is None:
-            continue
-        video, fps = prepared
+    ready = []                                                  # (key, latent, meta)
+    for s in VideoStream([src], cfg.data, ShapeRules.of(cfg), stats=stats).samples():
         with torch.no_grad():
-            z = encode(video[None].to(device))[0].float().cpu().numpy()     # [C, T', H', W']
+            z = encode(s.data[None].to(device))[0].float().cpu().numpy()    # [C, T', H', W']
         if not np.isfinite(z).all():
             stats.skip("nonfinite_latent", s.key)
             continue
-        meta = {"caption": s.caption, "fps": fps, "frames": int(video.shape[1]), "height": int(video.shape[2]),
-                "width": int(video.shape[3]), "latent_shape": list(z.shape)}
+        meta = {"caption": s.caption, "fps": s.fps, "frames": int(s.data.shape[1]), "height": int(s.data.shape[2]),
+                "width": int(s.data.shape[3]), "latent_shape": list(z.shape)}
         ready.append((s.key, z.astype(np.float16), meta))
     members = []
     for i in range(0, len(ready), batch_captions):

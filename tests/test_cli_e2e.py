@@ -1,6 +1,6 @@
 """The whole pipeline through the command line on a tiny dataset with bad input mixed in:
-synth -> train-vae -> train (DeepSpeed ZeRO-3, 1 rank) -> sample at an unseen size; bad samples
-and a truncated shard are skipped and counted in metrics.jsonl; bad configs fail fast."""
+synth -> train-vae -> train (DeepSpeed ZeRO-3, 1 rank) -> sample at an unseen size -> evaluate per
+duration; bad samples and a truncated shard are skipped and counted in metrics.jsonl; bad configs fail fast."""
 import io
 import json
 import os
@@ -53,7 +53,7 @@ def test_pipeline_end_to_end_with_bad_input(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     r = sora("train", f"{ROOT}/configs/demo.yaml", *common, f"run.dir={tmp_path / 'dit'}", "vae.channels=8",
              "train.steps=4", "run.save_every=2", "model.depth=2", "model.width=48", "model.heads=4",
-             "data.tokens_per_batch=600", cwd=tmp_path)
+             "data.tokens_per_batch=600", "sample.steps=2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "dit"
     assert (run / "config.yaml").is_file() and (run / "final" / "ema.safetensors").is_file()
@@ -65,7 +65,7 @@ def test_pipeline_end_to_end_with_bad_input(tmp_path):
     # restarting on the same run directory resumes from the newest checkpoint (model, optimizer, EMA)
     r = sora("train", f"{ROOT}/configs/demo.yaml", *common, f"run.dir={run}", "vae.channels=8",
              "train.steps=6", "run.save_every=2", "model.depth=2", "model.width=48", "model.heads=4",
-             "data.tokens_per_batch=600", cwd=tmp_path)
+             "data.tokens_per_batch=600", "sample.steps=2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stderr
     resumed = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -101,6 +101,15 @@ def test_pipeline_end_to_end_with_bad_input(tmp_path):
     r = sora("sample", "--run", str(run), "--prompt", "x", "--frames", "4", "--height", "40", "--width", "72",
              "--out", str(tmp_path / "b.gif"), cwd=tmp_path)
     assert r.returncode == 2 and "--frames" in r.stderr
+    # the held-out prompts at every configured size (the demo's: 9 and 17 frames), scored per duration
+    r = sora("evaluate", "--run", str(run), "--data", str(data), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((run / "samples" / "adherence.json").read_text())
+    durations = sorted({c["size"][0] for c in report["clips"]})
+    assert durations == [9, 17] and sorted(map(int, report["summary"]["by_frames"])) == durations
+    for f in durations:
+        assert report["summary"]["by_frames"][str(f)]["n"] == 16 and f"{f:3d} frames: colour" in r.stdout
+        assert len(list((run / "samples").glob(f"{f}x*/*.mp4"))) == 16
 
 
 def test_bad_config_fails_fast_naming_the_key(tmp_path):

@@ -3,10 +3,13 @@ import numpy as np
 import pytest
 
 from sora.config import load_config
-from sora.data.pipeline import decode_cap, fps_stride, mix_images, prepare_sample, tokens_for
+from sora.data.pipeline import decode_cap, fps_stride, prepare_sample
 from sora.data.shards import SkipStats
+from sora.data.stream import mix_images
+from sora.shapes import ShapeRules
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
+RULES = ShapeRules(2, 4, (1, 2, 2))
 
 
 @pytest.mark.parametrize("fps,target,stride", [(8, 0, 1), (8, 8, 1), (6, 8, 1), (24, 8, 3), (30, 8, 4),
@@ -24,19 +27,19 @@ def test_prepare_sample_fps_and_token_bounds():
     frames = np.zeros((33, 40, 56, 3), np.uint8)
     frames[:, :, :, 0] = np.arange(33, dtype=np.uint8)[:, None, None] * 7        # frame index in the red channel
     stats = SkipStats()
-    video, fps = prepare_sample(frames, 24.0, "k", _cfg("data.fps=8", "data.max_frames=9"), 2, 4, (1, 2, 2), stats)
+    video, fps = prepare_sample(frames, 24.0, "k", _cfg("data.fps=8", "data.max_frames=9"), RULES, stats)
     assert fps == 8.0 and video.shape[1] == 9
     red = ((video[0, :, 0, 0] + 1) * 127.5).round().numpy()
     assert red.tolist() == [7 * 3 * i for i in range(9)]                       # frames 0, 3, 6, ... (24 -> 8 fps)
     # no data.fps: every frame
-    video, fps = prepare_sample(frames, 24.0, "k", _cfg("data.fps=0", "data.max_frames=9"), 2, 4, (1, 2, 2), stats)
+    video, fps = prepare_sample(frames, 24.0, "k", _cfg("data.fps=0", "data.max_frames=9"), RULES, stats)
     assert fps == 24.0 and ((video[0, :, 0, 0] + 1) * 127.5).round().tolist() == [7 * i for i in range(9)]
     # max tokens: shrunk (aspect kept) under the budget; min tokens: skipped and counted
     cfg = _cfg("data.fps=0", "data.max_frames=9", "data.max_tokens_per_sample=60", "data.min_tokens_per_sample=20")
-    video, _ = prepare_sample(frames, 8.0, "k", cfg, 2, 4, (1, 2, 2), stats)
-    assert tokens_for(*video.shape[1:], 2, 4, (1, 2, 2)) <= 60
-    assert prepare_sample(frames[:1, :16, :16], 8.0, "small", cfg, 2, 4, (1, 2, 2), stats) is None   # 4 tokens
-    assert prepare_sample(frames[:, :4, :4], 8.0, "none", cfg, 2, 4, (1, 2, 2), stats) is None       # no token
+    video, _ = prepare_sample(frames, 8.0, "k", cfg, RULES, stats)
+    assert RULES.tokens(*video.shape[1:]) <= 60
+    assert prepare_sample(frames[:1, :16, :16], 8.0, "small", cfg, RULES, stats) is None   # 4 tokens
+    assert prepare_sample(frames[:, :4, :4], 8.0, "none", cfg, RULES, stats) is None       # no token
     assert stats.as_dict() == {"too_few_tokens": 1, "too_small": 1}
 
 

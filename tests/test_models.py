@@ -37,7 +37,7 @@ def test_vae_shapes_and_causality(ft, fh):
 
 def test_vae_rejects_bad_frames():
     vae = CausalVAE(channels=8, latent_channels=3, ft=2, fh=4)
-    with pytest.raises(ValueError, match="1 \\+ 2k"):
+    with pytest.raises(ValueError, match=r"1 \+ 2\*k"):
         vae.encode(torch.randn(1, 3, 4, 16, 16))
 
 

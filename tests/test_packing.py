@@ -1,20 +1,11 @@
-"""Per-sample preparation and token-budget packing."""
+"""Per-sample preparation, token-budget packing and the rank split (shape rules: tests/test_shapes.py)."""
 import numpy as np
 import pytest
 import torch
 
-from sora.data.packing import PackItem, pack, take_best_fit
-from sora.data.pipeline import target_shape, to_model_video, tokens_for
+from sora.data.packing import PackItem, pack, take_first_fit_decreasing
+from sora.data.pipeline import to_model_video
 from sora.ops.packing_index import check_packing, token_positions
-
-
-def test_target_shape_snaps_and_caps_keeping_aspect():
-    # frames snapped down to 1 + ft*k, sides to multiples of fh*patch = 8
-    assert target_shape(10, 50, 70, 2, 4, (1, 2, 2), 17, 10_000) == (9, 48, 64)
-    assert target_shape(1, 32, 64, 2, 4, (1, 2, 2), 17, 10_000) == (1, 32, 64)
-    t, h, w = target_shape(17, 256, 512, 2, 4, (1, 2, 2), 17, 300)
-    assert tokens_for(t, h, w, 2, 4, (1, 2, 2)) <= 300 and abs(w / h - 2) < 0.25
-    assert target_shape(5, 4, 4, 2, 4, (1, 2, 2), 17, 100) is None
 
 
 def test_to_model_video_range_and_shape():
@@ -44,7 +35,7 @@ def test_pack_fields_and_positions():
         pack([])
 
 
-def test_best_fit_fills_budget_and_loses_nothing():
+def test_first_fit_decreasing_fills_budget_and_loses_nothing():
     rng = np.random.default_rng(0)
     sizes = [(int(rng.choice([1, 3, 5, 9])), int(rng.integers(2, 8)), int(rng.integers(2, 8))) for _ in range(400)]
     assert max(t * h * w for t, h, w in sizes) <= 512
@@ -57,7 +48,7 @@ def test_best_fit_fills_budget_and_loses_nothing():
                 break
         if not buffer:
             break
-        picked = take_best_fit(buffer, 512)
+        picked = take_first_fit_decreasing(buffer, 512)
         assert picked, "nothing fits although every sample is within the budget"
         assert sum(p.num_tokens for p in picked) <= 512
         seen += len(picked)
@@ -71,15 +62,16 @@ def test_ranks_split_data_without_overlap_or_loss(tmp_path):
     """Data is split by data-parallel rank: with more or fewer shards than ranks, every sample of an
     epoch goes to exactly one rank."""
     from sora.config import load_config
-    from sora.data.loader import VideoStream
+    from sora.data.pipeline import VideoStream
     from sora.data.shards import list_shards
     from sora.data.synth import synthesize
+    from sora.shapes import ShapeRules
 
     synthesize(tmp_path, clips=12, seed=1, shard_size=4, heldout_clips=2)       # 3 train shards
     cfg = load_config("configs/demo.yaml", ["data.shuffle_buffer=3"]).data
     paths = list_shards(tmp_path, "train")
     for dp in (2, 5):                                       # fewer ranks than shards, and more
-        keys = [[k for k, _, _ in VideoStream(paths, cfg, 2, 4, (1, 2, 2), r, dp, seed=0, epochs=1)] for r in range(dp)]
+        keys = [[k for k, _, _ in VideoStream(paths, cfg, ShapeRules(2, 4, (1, 2, 2)), r, dp, seed=0, epochs=1)] for r in range(dp)]
         flat = [k for ks in keys for k in ks]
         assert sorted(flat) == sorted(set(flat)) and len(flat) == 12, (dp, keys)
 

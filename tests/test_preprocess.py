@@ -1,6 +1,7 @@
 """`sora preprocess` and latent shards: latents equal the VAE's own encoding, an interrupted and
 resumed run (and a 2-rank run) writes byte-identical shards, the latent reader skips and counts
 every bad-input kind without ever unpickling, and the DiT trains from latent shards with no VAE."""
+import dataclasses
 import io
 import json
 import os
@@ -15,10 +16,11 @@ import pytest
 import torch
 
 from sora.config import load_config, save_config
-from sora.data.latent_shards import LatentStream, iter_latent_samples, npy_bytes, read_manifest
-from sora.data.pipeline import prepare_sample
-from sora.data.shards import SkipStats, iter_shard_samples, list_shards
+from sora.data.latent_shards import LatentStream, npy_bytes, read_manifest
+from sora.data.pipeline import VideoStream
+from sora.data.shards import SkipStats, list_shards
 from sora.data.synth import synthesize
+from sora.shapes import ShapeRules
 from sora.models.text import HashTokenizer
 from sora.preprocess import preprocess
 from sora.train.artifacts import build_vae, load_vae, save_weights
@@ -59,18 +61,37 @@ def test_latents_match_the_vae(world):
     assert read_manifest(out)["latent_channels"] == 4 and not list(out.glob("*.tmp"))
     vae, _ = load_vae(cfg.vae.run)
     tok = HashTokenizer(cfg.text.vocab, cfg.text.max_tokens)
-    raw = {s.key: s for s in iter_shard_samples(list_shards(cfg.data.path, "train"), SkipStats(), max_frames=9)}
-    got = list(iter_latent_samples(sorted(map(str, out.glob("train-*.tar"))), SkipStats(), 4))
+    rules = ShapeRules.of(cfg)
+    raw_paths, lat_paths = list_shards(cfg.data.path, "train"), sorted(map(str, out.glob("train-*.tar")))
+    raw = {s.key: s for s in VideoStream(raw_paths, cfg.data, rules).samples()}
+    got = list(LatentStream(lat_paths, cfg.data, 4, rules).samples())
     assert len(got) == 12
-    for key, z, text, meta in got:
-        s = raw[key]
-        video, fps = prepare_sample(s.frames, s.fps, key, cfg.data, 2, 4, cfg.model.patch, SkipStats())
+    members = {k: v for p in lat_paths for k, v in _members(p).items()}
+    for s in got:
+        video = raw[s.key].data
         with torch.no_grad():
             want = vae.encode(video[None])[0].numpy()
-        np.testing.assert_allclose(z, want, rtol=2e-3, atol=2e-3)              # stored as float16
-        assert meta["caption"] == s.caption and meta["latent_shape"] == list(z.shape)
+        np.testing.assert_allclose(s.data.numpy(), want, rtol=2e-3, atol=2e-3)  # stored as float16
+        meta = json.loads(members[f"{s.key}.json"])
+        assert s.caption == raw[s.key].caption == meta["caption"] and meta["latent_shape"] == list(s.data.shape)
         assert (meta["frames"], meta["height"], meta["width"]) == tuple(video.shape[1:])
+        text = np.load(io.BytesIO(members[f"{s.key}.text.npy"]), allow_pickle=False)
         assert text.tolist() == tok([s.caption])[0].tolist()
+
+
+def test_raw_and_latent_streams_agree(world):
+    """The two streams share everything but decoding: on the same samples (raw shards and their
+    latents) they give the same keys in the same order, for any rank split and image mixing."""
+    base, cfg, out, _ = world
+    rules = ShapeRules.of(cfg)
+    raw_paths, lat_paths = list_shards(cfg.data.path, "train"), list_shards(out, "train")
+    for ratio in (-1.0, 0.5):
+        data = dataclasses.replace(cfg.data, image_ratio=ratio, shuffle_buffer=5)
+        for dp in (1, 2, 5):                                  # 3 shards: split by shard, and by sample
+            for rank in range(dp):
+                raw = [k for k, _, _ in VideoStream(raw_paths, data, rules, rank, dp, seed=3, epochs=2)]
+                lat = [k for k, _, _ in LatentStream(lat_paths, data, 4, rules, rank, dp, seed=3, epochs=2)]
+                assert raw == lat and raw, (ratio, dp, rank)
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(world, tmp_path):
@@ -149,8 +170,10 @@ def test_bad_latent_samples_skipped_and_counted(tmp_path, monkeypatch):
     for name in ("load", "loads", "Unpickler"):
         monkeypatch.setattr(pickle, name, no_unpickling)
     stats = SkipStats()
-    got = list(iter_latent_samples([str(tmp_path / "train-000000.tar")], stats, latent_channels=4))
-    assert [k for k, *_ in got] == ["g0", "g1"]
+    cfg = load_config(f"{ROOT}/configs/demo.yaml")
+    path = str(tmp_path / "train-000000.tar")
+    got = list(LatentStream([path], cfg.data, 4, ShapeRules.of(cfg), stats=stats).samples())
+    assert [s.key for s in got] == ["g0", "g1"]
     assert not marker.exists()
     assert stats.as_dict() == {"bad_latent_shape": 3, "nonfinite_latent": 1, "bad_npy": 2, "pickle_payload": 1,
                                "non_utf8": 1, "bad_text_shape": 1, "missing_latent": 1}
@@ -168,7 +191,8 @@ def test_latent_stream_bounds_and_image_ratio(tmp_path):
                                                     "data.min_tokens_per_sample=2", "data.shuffle_buffer=4",
                                                     "data.image_ratio=0.0"])
     stats = SkipStats()
-    stream = LatentStream([str(tmp_path / "train-000000.tar")], cfg.data, 4, 2, (1, 2, 2), stats=stats, epochs=1)
+    stream = LatentStream([str(tmp_path / "train-000000.tar")], cfg.data, 4, ShapeRules(2, 4, (1, 2, 2)), stats=stats,
+                          epochs=1)
     items = list(stream)
     assert len(items) == 12 and stats.as_dict() == {"too_few_tokens": 1}
     # max_frames 5 -> at most 3 latent frames; 12 tokens / 6 per frame -> 2: a causal prefix of the clip

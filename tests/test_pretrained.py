@@ -46,7 +46,7 @@ def test_diffusers_video_vae_from_local_directory(tmp_path, make):
             torch.testing.assert_close(z, want)
             torch.testing.assert_close(vae.decode(z), ref.decode(ref.encode(x).latent_dist.mode()).sample,
                                        rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="1 \\+ 4k"):
+    with pytest.raises(ValueError, match=r"1 \+ 4\*k"):
         vae.encode(torch.zeros(1, 3, 3, 12, 20))
 
 

@@ -1,4 +1,5 @@
-"""Robust shard reading: every kind of bad sample/shard is skipped and counted; good samples survive."""
+"""Robust shard reading through the raw sample stream: every kind of bad sample/shard is skipped and
+counted; good samples survive."""
 import io
 import json
 import logging
@@ -8,9 +9,21 @@ import tarfile
 import numpy as np
 import pytest
 
-from sora.data.shards import SkipStats, iter_shard_samples, list_shards
+from sora.config import load_config
+from sora.data.pipeline import VideoStream
+from sora.data.shards import SkipStats, list_shards
 from sora.data.video_io import encode_mp4, encode_png
 from sora.data.world import caption, render_clip
+from sora.shapes import ShapeRules
+
+ROOT = __file__.rsplit("/tests/", 1)[0]
+
+
+def read_all(paths, stats, **kw):
+    """Every sample of `paths` in shard order, as the raw stream decodes them (full size, every frame)."""
+    cfg = load_config(f"{ROOT}/configs/demo.yaml", ["data.fps=0", "data.max_frames=33", "data.max_tokens_per_sample=4096",
+                                                   "data.tokens_per_batch=4096"])
+    return list(VideoStream(paths, cfg.data, ShapeRules.of(cfg), stats=stats, **kw).samples(paths))
 
 
 def _clip(colour, frames=5, seed=0):  # [T, 32, 32, 3]
@@ -77,18 +90,17 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, monkeypatch, caplog):
         monkeypatch.setattr(pickle, name, no_unpickling)
     stats = SkipStats()
     with caplog.at_level(logging.WARNING, logger="sora.data"):
-        samples = list(iter_shard_samples([shard], stats, max_pixels=48 * 48))
+        samples = read_all([shard], stats, max_pixels=48 * 48)
 
     assert [s.key for s in samples] == ["s00", "s08", "s12"]
-    assert samples[0].frames.shape == (5, 32, 32, 3) and samples[0].frames.dtype == np.uint8
+    assert samples[0].data.shape == (3, 5, 32, 32) and -1 <= samples[0].data.min() < samples[0].data.max() <= 1
     assert samples[0].caption == "a red square moving right" and samples[0].fps == 8.0
-    assert samples[0].source == shard
-    assert samples[1].frames.shape == (1, 32, 32, 3) and samples[1].fps == 4.0
+    assert samples[1].data.shape == (3, 1, 32, 32) and samples[1].fps == 4.0
     assert stats.as_dict() == {
         "corrupt_video": 1, "missing_caption": 1, "empty_caption": 1, "pickle_payload": 1, "bad_json": 1, "non_utf8": 2,
         "missing_media": 1, "missing_json": 1, "corrupt_image": 1, "frame_too_large": 1,
     }
-    assert stats.total == 11
+    assert sum(stats.as_dict().values()) == 11
     assert not marker.exists()
     # one warning per reason, not per sample (non_utf8 happened twice: bytes, and a lone surrogate escape)
     assert sum("non_utf8" in r.getMessage() for r in caplog.records) == 1
@@ -110,7 +122,7 @@ def test_truncated_and_unreadable_shards_do_not_stop_reading(tmp_path):
     paths = [str(cut_mid), str(tmp_path / "missing.tar"), str(cut_edge), str(garbage), last]
 
     stats = SkipStats()
-    keys = [s.key for s in iter_shard_samples(paths, stats)]
+    keys = [s.key for s in read_all(paths, stats)]
     # the sample being read at a cut is dropped (at a clean member boundary that is a1: it may have
     # lost members), samples before it are kept, later shards are still read
     assert keys == ["a0", "a1", "a0", "b0"]
@@ -126,11 +138,11 @@ def test_list_shards(tmp_path):
 
 
 def test_synthesized_shards_read_back(tmp_path):
-    from sora.data.synth import synthesize
+    from sora.data import synth
 
-    synthesize(tmp_path, clips=6, seed=1, shard_size=4, heldout_clips=2)
+    synth.synthesize(tmp_path, clips=6, seed=1, shard_size=4, heldout_clips=2)
     stats = SkipStats()
-    samples = list(iter_shard_samples(list_shards(tmp_path, "train"), stats))
-    assert len(samples) == 6 and stats.total == 0
+    samples = read_all(list_shards(tmp_path, "train"), stats)
+    assert len(samples) == 6 and not stats.as_dict()
     for s in samples:
-        assert s.frames.dtype == np.uint8 and s.frames.shape[0] in (1, 5, 9, 17) and s.fps == 8.0
+        assert s.data.shape[1] in synth.FRAMES and s.fps == synth.FPS

@@ -51,13 +51,14 @@ def test_heldout_combos_leave_every_attribute_in_training():
         assert set(counts) == set(values) and min(counts.values()) >= 8
 
 
+@pytest.mark.parametrize("frames", [9, 33])                         # up to the longest clip synth writes
 @pytest.mark.parametrize("direction", DIRECTIONS)
 @pytest.mark.parametrize("height,width", [(32, 32), (32, 64), (56, 40)])
-def test_render_clip_moves_visibly_and_stays_inside(direction, height, width):
+def test_render_clip_moves_visibly_and_stays_inside(direction, height, width, frames):
     rng = np.random.default_rng(0)
     for shape in SHAPES:
-        clip = render_clip("yellow", shape, direction, 9, height, width, rng)  # [T, H, W, 3]
-        assert clip.shape == (9, height, width, 3) and clip.dtype == np.uint8
+        clip = render_clip("yellow", shape, direction, frames, height, width, rng)  # [T, H, W, 3]
+        assert clip.shape == (frames, height, width, 3) and clip.dtype == np.uint8
         assert set(map(tuple, clip.reshape(-1, 3))) == {(0, 0, 0), (255, 255, 0)}
         areas = (clip.max(axis=-1) > 0).sum(axis=(1, 2))  # [T]
         # never clipped by the border: the area stays constant up to pixel-grid jitter
@@ -184,7 +185,8 @@ def test_synthesize_is_deterministic_and_keeps_heldout_out(tmp_path):
                 assert (parse_caption(meta["caption"]) in heldout) == (split == "heldout")
                 assert [meta["height"], meta["width"]] in m1["sizes"] and meta["fps"] == 8
                 seen_frames.add(meta["frames"])
-    assert len(seen_frames) >= 3
+    assert len(seen_frames) >= 3 and seen_frames <= set(synth.FRAMES)
+    assert max(synth.FRAMES) == 33          # 17 frames at the demo's 4 fps: the longest clip it samples
 
     other = synth.synthesize(tmp_path / "c", clips=24, seed=8, shard_size=10, heldout_clips=6)
     assert _members(tmp_path / "c" / other["train"][0]) != _members(tmp_path / "a" / m1["train"][0])

@@ -63,8 +63,9 @@ def pack(items: list[PackItem], budget: int = 0) -> PackedBatch:
                        budget=budget or int(cu[-1]))
 
 
-def take_best_fit(buffer: list, budget: int) -> list:
-    """Remove and return items that fill `budget` as fully as a greedy first-fit-decreasing can.
+def take_first_fit_decreasing(buffer: list, budget: int) -> list:
+    """Remove and return items that fill `budget` as fully as a greedy first-fit-decreasing can
+    (largest first, each taken if it still fits).
     Items keep arriving, so the leftovers fill later packs; nothing is dropped or padded.
     Items only need `num_tokens` (the loader packs clips before encoding them)."""
     order = sorted(range(len(buffer)), key=lambda i: -buffer[i].num_tokens)

@@ -1,4 +1,6 @@
-"""Robust reading of raw WebDataset tar shards (KEY.mp4|png|jpg + KEY.json).
+"""Robust reading of WebDataset tar shards: members grouped by key, each group's KEY.json header,
+and the media of raw shards (KEY.mp4|png|jpg). Latent shards (sora/data/latent_shards.py) are
+read with the same grouping and header checks.
 
 Shards come from strangers: nothing is ever unpickled, decoding is capped, and a bad sample or a
 truncated/corrupt shard is skipped, counted and logged once per reason; it never stops training.
@@ -40,25 +42,13 @@ class SkipStats:
             log.warning("skipping %s: %s%s (further %r skips are only counted)",
                         key, reason, f" ({detail})" if detail else "", reason)
 
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
     def as_dict(self) -> dict[str, int]:
         return dict(self.counts)
 
 
 @dataclass
-class Sample:
-    key: str
-    frames: np.ndarray  # uint8 [T, H, W, 3]
-    caption: str
-    fps: float
-    source: str  # shard path
-
-
-@dataclass
-class _Group:
+class Group:
+    """One sample's members, as read from a shard."""
     key: str
     members: dict[str, bytes] = field(default_factory=dict)  # extension -> payload
     exts: set[str] = field(default_factory=set)  # every extension seen, read or not
@@ -88,7 +78,7 @@ def _shard_error_reason(e: BaseException) -> str:
     return "truncated_shard" if truncated else "unreadable_shard"
 
 
-def _iter_groups(path: str, stats: SkipStats) -> Iterator[_Group]:
+def iter_groups(path: str, stats: SkipStats) -> Iterator[Group]:
     """Members of one shard grouped by key, in order. On a shard error the group being read is dropped."""
     try:
         f = open(path, "rb")
@@ -101,7 +91,7 @@ def _iter_groups(path: str, stats: SkipStats) -> Iterator[_Group]:
         except Exception as e:  # tarfile raises several types for garbage
             stats.skip(_shard_error_reason(e), path, f"{type(e).__name__}: {e}")
             return
-        group: _Group | None = None
+        group: Group | None = None
         while True:
             try:
                 member = tf.next()
@@ -118,7 +108,7 @@ def _iter_groups(path: str, stats: SkipStats) -> Iterator[_Group]:
             if group is None or key != group.key:
                 if group is not None:
                     yield group
-                group = _Group(key)
+                group = Group(key)
             group.exts.add(ext)
             if ext.rsplit(".", 1)[-1] in PICKLE_EXTS:
                 continue  # never even read it
@@ -143,7 +133,7 @@ def _iter_groups(path: str, stats: SkipStats) -> Iterator[_Group]:
             yield group
 
 
-def _parse_json(group: _Group, stats: SkipStats) -> tuple[str, float] | None:
+def _parse_json(group: Group, stats: SkipStats) -> tuple[str, float] | None:
     """(caption, fps) from KEY.json, or None after counting why not."""
     if "json" not in group.members:
         stats.skip("missing_json", group.key)
@@ -181,7 +171,9 @@ def _parse_json(group: _Group, stats: SkipStats) -> tuple[str, float] | None:
     return caption.strip(), float(fps)
 
 
-def _to_sample(group: _Group, path: str, stats: SkipStats, max_frames: int, max_pixels: int) -> Sample | None:
+def read_header(group: Group, stats: SkipStats) -> tuple[str, float] | None:
+    """(caption, fps) of a shard group in either format, or None after counting why not: a group with a
+    pickle member is refused whole (nothing of it is loaded), as is one with an oversized member."""
     pickled = sorted(e for e in group.exts if e.rsplit(".", 1)[-1] in PICKLE_EXTS)
     if pickled:
         stats.skip("pickle_payload", group.key, f"members {pickled} are never loaded")
@@ -189,10 +181,11 @@ def _to_sample(group: _Group, path: str, stats: SkipStats, max_frames: int, max_
     if group.too_large:
         stats.skip("member_too_large", group.key, f"{group.too_large} > {MAX_MEMBER_BYTES} bytes")
         return None
-    meta = _parse_json(group, stats)
-    if meta is None:
-        return None
-    caption, fps = meta
+    return _parse_json(group, stats)
+
+
+def decode_media(group: Group, stats: SkipStats, max_frames: int, max_pixels: int) -> np.ndarray | None:
+    """uint8 [T, H, W, 3] (T <= max_frames) of a raw group's video or image, or None after counting why not."""
     video_ext = next((e for e in VIDEO_EXTS if e in group.members), None)
     image_ext = next((e for e in IMAGE_EXTS if e in group.members), None)
     if video_ext is None and image_ext is None:
@@ -200,25 +193,10 @@ def _to_sample(group: _Group, path: str, stats: SkipStats, max_frames: int, max_
         return None
     try:
         if video_ext is not None:
-            frames = decode_video(group.members[video_ext], max_frames=max_frames, max_pixels=max_pixels)
-        else:
-            frames = decode_image(group.members[image_ext], max_pixels=max_pixels)
+            return decode_video(group.members[video_ext], max_frames=max_frames, max_pixels=max_pixels)
+        return decode_image(group.members[image_ext], max_pixels=max_pixels)
     except FrameTooLargeError as e:
         stats.skip("frame_too_large", group.key, str(e))
-        return None
     except VideoDecodeError as e:
         stats.skip("corrupt_video" if video_ext is not None else "corrupt_image", group.key, str(e))
-        return None
-    return Sample(key=group.key, frames=frames, caption=caption, fps=fps, source=path)
-
-
-def iter_shard_samples(
-    paths: list[str], stats: SkipStats, max_frames: int = 256, max_pixels: int = 1024 * 1024
-) -> Iterator[Sample]:
-    """Decoded samples of the given shards, in order; bad samples/shards are skipped and counted."""
-    for path in paths:
-        path = os.fspath(path)
-        for group in _iter_groups(path, stats):
-            sample = _to_sample(group, path, stats, max_frames, max_pixels)
-            if sample is not None:
-                yield sample
+    return None

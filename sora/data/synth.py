@@ -16,8 +16,10 @@ from sora.data.video_io import encode_mp4, encode_png
 from sora.data.world import HELDOUT_COMBOS, TRAIN_COMBOS, WORLD_VERSION, caption, render_clip
 
 FPS = 8
-FRAMES = (1, 5, 9, 17)
-FRAME_PROBS = (0.2, 0.8 / 3, 0.8 / 3, 0.8 / 3)  # ~20% images
+# Up to 4 s: taken at 4 fps (every 2nd frame, data.fps in configs/demo.yaml) these are 1, 5, 9 and 17
+# frames; the demo samples 9 and 17. ~20% images (they train text -> first frame).
+FRAMES = (1, 9, 17, 33)
+FRAME_PROBS = (0.2, 0.1, 0.3, 0.4)
 # Several aspect ratios; (48, 64) and (64, 48) are deliberately absent so the demo can sample an unseen size.
 SIZES = ((32, 32), (32, 48), (48, 32), (48, 48), (32, 64), (64, 32), (40, 56), (56, 40), (64, 64))
 

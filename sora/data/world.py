@@ -12,7 +12,8 @@ import numpy as np
 
 # Bumped when the same seed renders different clips; recorded in the dataset's manifest.json.
 # 2: a clip's start no longer gives its direction away (see render_clip).
-WORLD_VERSION = 2
+# 3: clips of 9, 17 and 33 frames (sora/data/synth.py), twice as long as before.
+WORLD_VERSION = 3
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sora.shapes import ShapeRules
+
 # family -> (how to read ft, fh, latent channels from the config; how latents are normalised)
 VAE_FAMILIES = ("AutoencoderKLWan", "AutoencoderKLCogVideoX", "AutoencoderKLHunyuanVideo")
 
@@ -70,13 +72,18 @@ class DiffusersVAE(nn.Module):
         self.register_buffer("latent_mean", mean, persistent=False)
         self.register_buffer("latent_scale", scale, persistent=False)
 
+    @property
+    def rules(self) -> ShapeRules:
+        """Which videos this VAE takes (sora/shapes.py)."""
+        return ShapeRules(self.ft, self.fh)
+
     def check_video(self, x):
-        t, h, w = x.shape[-3:]
-        if (t - 1) % self.ft or h % self.fh or w % self.fh:
-            raise ValueError(f"video of {t}x{h}x{w} needs frames = 1 + {self.ft}k and sides divisible by {self.fh}")
+        problem = self.rules.problem(*x.shape[-3:])
+        if problem:
+            raise ValueError(f"video of {'x'.join(map(str, x.shape[-3:]))} frames x height x width: {problem}")
 
     def latent_shape(self, frames, height, width):
-        return (self.latent_channels, (frames - 1) // self.ft + 1, height // self.fh, width // self.fh)
+        return (self.latent_channels, *self.rules.latent_size(frames, height, width))
 
     def set_tiling(self, tile: int, overlap: int) -> None:
         """Use the library's own spatial tiling for frames larger than `tile` pixels (0: off)."""

@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sora.shapes import ShapeRules
+
 
 class CausalConv3d(nn.Module):
     def __init__(self, cin, cout, kernel=3, stride_t=1, stride_s=1):
@@ -275,10 +277,15 @@ class CausalVAE(nn.Module):
         self.register_buffer("latent_mean", torch.zeros(latent_channels))
         self.register_buffer("latent_std", torch.ones(latent_channels))
 
+    @property
+    def rules(self) -> ShapeRules:
+        """Which videos this VAE takes (sora/shapes.py)."""
+        return ShapeRules(self.ft, self.fh)
+
     def check_video(self, x):
-        t, h, w = x.shape[-3:]
-        if (t - 1) % self.ft or h % self.fh or w % self.fh:
-            raise ValueError(f"video of {t}x{h}x{w} needs frames = 1 + {self.ft}k and sides divisible by {self.fh}")
+        problem = self.rules.problem(*x.shape[-3:])
+        if problem:
+            raise ValueError(f"video of {'x'.join(map(str, x.shape[-3:]))} frames x height x width: {problem}")
 
     def _check_tiling(self, tile, overlap, unit, what):
         if tile and (tile % unit or overlap % unit or not 0 <= overlap < tile):
@@ -291,7 +298,7 @@ class CausalVAE(nn.Module):
         same result); tile > 0: encode overlapping tile x tile pixel tiles (overlap pixels) and blend."""
         self.check_video(x)
         self._check_tiling(tile, overlap, self.fh, "encode")
-        t_lat = (x.shape[2] - 1) // self.ft + 1
+        t_lat = self.rules.latent_frames(x.shape[2])
 
         def enc(xt):
             if chunk_frames and xt.shape[2] > chunk_frames:
@@ -318,7 +325,7 @@ class CausalVAE(nn.Module):
 
     def decode_unscaled(self, z, chunk_frames: int = 0, tile: int = 0, overlap: int = 0):
         self._check_tiling(tile, overlap, 1, "decode")
-        frames = 1 + self.ft * (z.shape[2] - 1)
+        frames = self.rules.video_frames(z.shape[2])
 
         def dec(zt):
             if chunk_frames and zt.shape[2] > chunk_frames:
@@ -336,4 +343,4 @@ class CausalVAE(nn.Module):
         return self.decode_unscaled(z), mean, logvar
 
     def latent_shape(self, frames, height, width):
-        return (self.latent_channels, (frames - 1) // self.ft + 1, height // self.fh, width // self.fh)
+        return (self.latent_channels, *self.rules.latent_size(frames, height, width))

@@ -7,7 +7,6 @@ patchify with F.linear; the Triton backend fuses them into a gather-GEMM and a G
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from sora.ops import patchify as patchify_op

@@ -19,7 +19,8 @@ import torch.distributed as dist
 
 from sora.config import Config
 from sora.data.latent_shards import latent_stream, uses_latent_shards
-from sora.data.loader import PackedLoader, VideoStream
+from sora.data.loader import PackedLoader
+from sora.data.pipeline import VideoStream
 from sora.data.shards import SkipStats, list_shards
 from sora.diffusion.flow import add_noise, first_frame_tokens, flow_loss_sum, sample_timesteps
 from sora.models.t2v import TextToVideo
@@ -28,6 +29,7 @@ from sora.ops.patchify import unpatchify_packed_torch
 from sora.parallel.dims import ParallelDims
 from sora.parallel.sequence import padded_packing, shard_layout, shard_rows
 from sora.parallel.ulysses import init_sequence_parallel_groups, pack_checksum, wrap_for_sequence_parallel
+from sora.shapes import ShapeRules
 from sora.train.artifacts import check_vae_matches, load_vae, save_weights
 from sora.train.checkpoint import gather_full_state
 from sora.train.ema import ShardedEMA
@@ -162,8 +164,8 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     ema = ShardedEMA(engine.module.named_parameters(), cfg.train.ema)
 
     stats = SkipStats()
-    videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, cfg.vae.ft, cfg.vae.fh,
-                         cfg.model.patch, dims.dp_rank, dims.dp, cfg.run.seed, stats)
+    videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, ShapeRules.of(cfg), dims.dp_rank,
+                         dims.dp, cfg.run.seed, stats)
 
     @torch.no_grad()
     def encode(video):                                              # [3, T, H, W] -> [C, T', H', W']

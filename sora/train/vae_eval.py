@@ -6,8 +6,9 @@ import torch
 import torch.distributed as dist
 
 from sora.config import Config
-from sora.data.pipeline import target_shape, to_model_video
-from sora.data.shards import SkipStats, iter_shard_samples, list_shards
+from sora.data.pipeline import VideoStream
+from sora.data.shards import SkipStats, list_shards
+from sora.shapes import ShapeRules
 from sora.train.vae_losses import psnr, ssim
 
 
@@ -36,11 +37,8 @@ def heldout_clips(cfg: Config, stats: SkipStats) -> list[tuple[str, torch.Tensor
     except FileNotFoundError:
         return []
     clips = []
-    for s in iter_shard_samples(paths, stats, max_frames=cfg.data.max_frames):
-        shape = target_shape(*s.frames.shape[:3], cfg.vae.ft, cfg.vae.fh, (1, 1, 1), cfg.data.max_frames,
-                             cfg.data.max_tokens_per_sample)
-        if shape is not None:
-            clips.append((s.key, to_model_video(s.frames, shape)))
+    for s in VideoStream(paths, cfg.data, ShapeRules(cfg.vae.ft, cfg.vae.fh), stats=stats).samples():
+        clips.append((s.key, s.data))
         if len(clips) >= cfg.vae.eval_clips:
             break
     return clips

@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from sora.config import Config
-from sora.data.loader import VideoStream
+from sora.data.pipeline import VideoStream
+from sora.shapes import ShapeRules
 from sora.data.shards import SkipStats, list_shards
 from sora.train.artifacts import build_vae, save_weights
 from sora.train.engine import grad_norm
@@ -133,7 +134,7 @@ def train_vae(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     torch.manual_seed(cfg.run.seed * 1000 + dims.rank + 1)   # each rank its own posterior samples
 
     stats = SkipStats()
-    videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, cfg.vae.ft, cfg.vae.fh, (1, 1, 1),
+    videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, ShapeRules(cfg.vae.ft, cfg.vae.fh),
                          dims.dp_rank, dims.dp, seed=cfg.run.seed, stats=stats)
     batches = ClipBatches(videos, cfg.data.tokens_per_batch * cfg.vae.fh * cfg.vae.fh * cfg.vae.ft)  # pixels per rank
     eval_set = heldout_clips(cfg, SkipStats())
