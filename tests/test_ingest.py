@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from sora.data.ingest import run as ingest_run
 from sora.data.ingest.clips import plan_windows, split_shot
 from sora.data.ingest.options import IngestError, IngestOptions
 from sora.data.ingest.run import ingest
-from sora.data.shards import SkipStats, iter_shard_samples, list_shards
+from sora.data.shards import SkipStats, decode_media, iter_groups, list_shards, read_header
 from tests import ingest_corpus as corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,6 +52,16 @@ def ingested(built, tmp_path_factory):
     return out, summary
 
 
+def read_samples(paths, stats, max_frames):
+    """Every sample of the shards as the training reader decodes it: key, frames [T, H, W, 3], caption, fps."""
+    for path in paths:
+        for group in iter_groups(path, stats):
+            header = read_header(group, stats)
+            frames = decode_media(group, stats, max_frames, 1024 * 1024) if header is not None else None
+            if frames is not None:
+                yield SimpleNamespace(key=group.key, frames=frames, caption=header[0], fps=header[1])
+
+
 def samples(out, split="train", max_frames=1000):
     """[(meta json, Sample)] read back with the training reader (nothing may be skipped)."""
     stats = SkipStats()
@@ -61,7 +72,7 @@ def samples(out, split="train", max_frames=1000):
             for m in tf.getmembers():
                 if m.name.endswith(".json"):
                     metas[m.name[:-len(".json")]] = json.loads(tf.extractfile(m).read())
-    got = [(metas[s.key], s) for s in iter_shard_samples(paths, stats, max_frames=max_frames)]
+    got = [(metas[s.key], s) for s in read_samples(paths, stats, max_frames)]
     assert stats.as_dict() == {}, stats.as_dict()
     return got
 

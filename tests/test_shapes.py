@@ -9,7 +9,7 @@ import torch
 from sora.config import ConfigError, load_config
 from sora.data.pipeline import prepare_sample
 from sora.data.shards import SkipStats
-from sora.inference import Generator
+from sora.inference import VideoGenerator
 from sora.models.t2v import TextToVideo
 from sora.models.vae import CausalVAE
 from sora.shapes import ShapeRules
@@ -41,7 +41,7 @@ def generators():
         cfg = _config(ft, fh, patch)
         torch.manual_seed(0)
         vae = CausalVAE(8, cfg.vae.latent_channels, ft, fh).eval()
-        out[name] = Generator(cfg, TextToVideo(cfg), vae)
+        out[name] = VideoGenerator(cfg, TextToVideo(cfg), vae)
     return out
 
 
