@@ -305,7 +305,10 @@ SlurmdTimeout={self.slurmd_timeout}
         _run(ip, "link", "add", lay.bridge, "type", "bridge")
         _run(ip, "addr", "add", f"{lay.host_addr}/24", "dev", lay.bridge)
         _run(ip, "link", "set", lay.bridge, "up")
-        (self.root / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"{lay.addr[h]} {h}\n" for h in lay.hosts))
+        # The v4-mapped lines answer reverse lookups of peers seen on dual-stack sockets (TCPStore's), as a
+        # cluster's DNS would; getaddrinfo still gives the plain IPv4 addresses.
+        (self.root / "hosts").write_text("127.0.0.1 localhost\n" + "".join(
+            f"{lay.addr[h]} {h}\n::ffff:{lay.addr[h]} {h}\n" for h in lay.hosts))
         for host in lay.hosts:
             ns = lay.namespace(host)
             _run(ip, "netns", "add", ns)
@@ -534,8 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, help="emulated nodes in network namespaces (default: one plain node)")
     up.add_argument("--cpus", type=int, default=2, help="CPUs per node (default 2)")
     up.add_argument("--root", help="directory for its files (default: a new temporary one)")
-    up.add_argument("--slurmd-timeout", type=int, default=30,
-                    help="seconds before Slurm declares a silent node down (default 30; Slurm's own: 300)")
+    up.add_argument("--slurmd-timeout", type=int, default=300,
+                    help="seconds before Slurm declares a silent node down (default 300, Slurm's own)")
     for name in ("kill-node", "revive-node"):
         q = sub.add_parser(name, help=f"{name.split('-')[0]} a node of the running emulated cluster")
         q.add_argument("node")
