@@ -220,6 +220,22 @@ def test_script_stops_waiting_for_a_lost_node_and_names_it(tmp_path):
     assert "node1" not in out.split("lost node(s)")[1]
 
 
+def test_script_names_the_lost_node_of_a_start_slurm_ended(tmp_path):
+    """A start that never got past srun (its first node, running this script, was lost; Slurm requeued
+    the job) is reported by the next start, with the nodes of its allocation that are down now."""
+    _fake_bin(tmp_path, "sinfo", 'echo "$@" > "$(dirname "$0")/sinfo_args"; echo node1\n')
+    codes = tmp_path / "out" / ".exit-codes"
+    codes.mkdir(parents=True)
+    (codes / "nodes").write_text("4241 node[1-2]\n")  # written by that start; no `ended` after it
+    code, out, _, _ = _run_script(tmp_path, _ranks_exit([0, 0], 0))
+    assert code == 0 and "the previous start (job 4241 on node[1-2]) was ended by Slurm before its ranks " \
+                          "finished; lost node(s), down now: node1" in out, out
+    assert "-n node[1-2] -t down,drain,fail,no_respond" in (tmp_path / "bin" / "sinfo_args").read_text()
+    assert (codes / "ended").exists() and (codes / "nodes").read_text() == "4242 node[1-2]\n"
+    code, out, _, _ = _run_script(tmp_path, _ranks_exit([0, 0], 0))  # that start ended through the script
+    assert code == 0 and "previous start" not in out
+
+
 def test_script_stops_a_crash_loop_before_starting(tmp_path):
     code, out, requeued, log = _run_script(tmp_path, _ranks_exit([0], 0), restart=21)
     assert code == 1 and requeued is None and not (log / "srun_started").exists()

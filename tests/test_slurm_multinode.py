@@ -26,9 +26,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from launcher import cli
+from sora.config import load_config, save_config
 from sora.data.synth import synthesize
+from sora.train.artifacts import build_vae, save_weights
 from tests.slurm_cluster import (REGISTRY, Layout, clean_leftovers, cluster_for_tests, finished, job, netns_pids,
                                  steps, wait_for)
 
@@ -49,11 +52,14 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    """16 clips in 4 shards of 4 (+1 held-out shard) and a 1-step VAE with 8 channels."""
+    """16 clips in 4 shards of 4 (+1 held-out shard) and a random stage-1 VAE with 8 channels (made here:
+    what these tests compare does not need a trained one, and this saves a DeepSpeed start)."""
     root = tmp_path_factory.mktemp("multinode")
     synthesize(root / "data", clips=16, heldout_clips=2, seed=5, shard_size=4)
-    sora("train-vae", str(ROOT / "configs" / "demo-vae.yaml"), f"data.path={root / 'data'}",
-         f"run.dir={root / 'vae'}", "train.steps=1", "vae.channels=8", "data.shuffle_buffer=4")
+    vae_cfg = load_config(str(ROOT / "configs" / "demo-vae.yaml"), [f"run.dir={root / 'vae'}", "vae.channels=8"])
+    torch.manual_seed(0)
+    save_config(vae_cfg, root / "vae" / "config.yaml")
+    save_weights(build_vae(vae_cfg).state_dict(), root / "vae" / "vae.safetensors")
     return root
 
 
