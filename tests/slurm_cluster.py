@@ -8,8 +8,9 @@ Two shapes:
   (a UTS namespace) and address on a bridge this class creates: 10.213.K.2 the controller `ctl`,
   10.213.K.11.. the nodes `node1`..`nodeN` (K is the first free instance number; nothing else uses the
   range and nothing is routed out of it). Names resolve through the cluster's own hosts file, mounted
-  over /etc/hosts for the cluster's processes only (each runs in a private mount namespace). The filesystem is shared, like an NFS
-  scratch on a real cluster; so is munge's key (one munged, its socket in the cluster directory).
+  over /etc/hosts for the cluster's processes only (each runs in a private mount namespace). The
+  filesystem is shared, like an NFS scratch on a real cluster; so is munge's key (one munged, its
+  socket in the cluster directory).
   `kill_node(name)` takes a node's link down and SIGKILLs everything in it (a node lost without a
   goodbye: its peers see silence, not a closed connection); `revive_node(name)` brings it back.
 

@@ -134,14 +134,17 @@ def test_leftovers_of_a_crashed_cluster_are_torn_down(cluster):
         proc.kill()  # the owner dies; its daemons (own sessions) and namespaces stay
         proc.wait()
     crashed = Layout(index, 1)
-    pids = [pid for host in crashed.hosts for pid in netns_pids(crashed.namespace(host))]
-    assert len(pids) >= 3 and root.is_dir()  # munged, slurmctld, slurmd: still running
+    try:
+        pids = [pid for host in crashed.hosts for pid in netns_pids(crashed.namespace(host))]
+        assert len(pids) >= 3 and root.is_dir()  # munged, slurmctld, slurmd: still running
 
-    assert str(index) in clean_leftovers()
-    assert not [pid for pid in pids if alive(pid)]
-    assert not [h for h in crashed.hosts if Path(f"/run/netns/{crashed.namespace(h)}").exists()]
-    assert not Path(f"/sys/class/net/{crashed.bridge}").exists() and not root.exists()
-    assert not (REGISTRY / f"{index}.json").exists()
+        assert str(index) in clean_leftovers()
+        assert not [pid for pid in pids if alive(pid)]
+        assert not [h for h in crashed.hosts if Path(f"/run/netns/{crashed.namespace(h)}").exists()]
+        assert not Path(f"/sys/class/net/{crashed.bridge}").exists() and not root.exists()
+        assert not (REGISTRY / f"{index}.json").exists()
+    finally:
+        clean_leftovers()  # whatever failed above, leave nothing behind
     assert (REGISTRY / f"{cluster.layout.index}.json").exists()  # the live one is untouched
     assert set(cluster.node_states().values()) == {"idle"}
 
@@ -283,13 +286,15 @@ def test_lost_node_ends_the_job_and_a_resubmission_resumes(cluster, world):
         assert steps(run)[-1]["step"] < n - 1, "the job finished before the node was lost: the test proves nothing"
 
         tag = (run / "checkpoints" / "newest").read_text().strip()
-        assert int(tag.removeprefix("step")) >= int(newest.removeprefix("step"))  # no newer save completed
+        assert int(tag.removeprefix("step")) >= int(newest.removeprefix("step"))  # never moved back
         ckpt = run / "checkpoints" / tag
         for rank in (0, 1):  # a complete save: every rank's part is there
-            assert (ckpt / f"ema_rank{rank:05d}.safetensors").is_file() and (ckpt / f"state_rank{rank:05d}.json").is_file()
+            assert (ckpt / f"ema_rank{rank:05d}.safetensors").is_file()
+            assert (ckpt / f"state_rank{rank:05d}.json").is_file()
         resumed_at = int(tag.removeprefix("step")) + 1
 
-        again = launch(args, extra=("--exclude", lost))
+        again = launch(args, extra=("--exclude", lost))  # the same command, without the lost node
+        assert f"#SBATCH --exclude={lost}\n" in (run / "job.sbatch").read_text()
         assert again != job_id and until_done(again, run, cluster) == "COMPLETED"
         assert lost not in rank_hosts(run, again).values() and len(set(rank_hosts(run, again).values())) == 2
         log0 = (run / "rank-logs" / "rank-0.log").read_text()
