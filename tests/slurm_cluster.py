@@ -149,8 +149,8 @@ class Layout:
         kill_namespace_processes(self.namespace(node))
 
     def teardown(self) -> None:
-        """Kill every process in the instance's namespaces, delete them, the links, the bridge and the
-        links. Safe to repeat, and on a half-made instance."""
+        """Kill every process in the instance's namespaces, delete them, their links and the bridge.
+        Safe to repeat, and on a half-made instance."""
         ip = _which("ip")
         for host in reversed(self.hosts):  # nodes first: their jobs, then the controller
             ns = self.namespace(host)
