@@ -110,6 +110,7 @@ def test_time_limit_bad(value):
     ({"launcher": "mpirun"}, "unknown launcher"),
     ({"env": {"A B": "1"}}, "bad environment variable"),
     ({"partition": "a b"}, "no spaces"),
+    ({"exclude": "node1 node2"}, "exclude 'node1 node2' must be non-empty with no spaces"),
 ])
 def test_validation(change, message):
     job = slurm.SlurmJob(**{**MINIMAL.__dict__, **change})
