@@ -108,6 +108,13 @@ def netns_pids(namespace: str) -> list[int]:
     return [int(p) for p in r.stdout.split()] if r.returncode == 0 else []
 
 
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
 def kill_namespace_processes(namespace: str, timeout: float = 10) -> None:
     """SIGKILL every process in the namespace until none is left (a dying slurmstepd may fork)."""
     deadline = time.monotonic() + timeout
@@ -396,9 +403,11 @@ SlurmdTimeout={self.slurmd_timeout}
             proc.wait()
 
     def revive_node(self, node: str, timeout: float = 90) -> None:
-        """Bring a killed node back: link up, a fresh slurmd; wait until Slurm takes it back (idle)."""
+        """Bring a lost node back: link up, and a fresh slurmd unless its own survived (only its link was
+        taken down); wait until Slurm takes it back (idle)."""
         _run(_which("ip"), "link", "set", self.layout.veth(node), "up")
-        self._start_slurmd(node)
+        if not any(_comm(pid) == "slurmd" for pid in netns_pids(self.layout.namespace(node))):
+            self._start_slurmd(node)
         self._wait(lambda: self._nodes_idle([node]), timeout, f"{node} to come back")
 
     # ---- logs and teardown --------------------------------------------------------------------------
