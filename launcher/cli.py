@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account")
     p.add_argument("--qos")
     p.add_argument("--constraint")
+    p.add_argument("--exclude", metavar="NODES", help="nodes not to run on, e.g. node[3,7] (one lost before)")
     p.add_argument("--time", help="Slurm time limit: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS")
     p.add_argument("--job-name")
     p.add_argument("--cpus-per-task", type=int, help="CPUs per node (one task per node runs its ranks)")
@@ -133,7 +134,7 @@ def slurm_job(ns: argparse.Namespace, args: list[str]) -> slurm.SlurmJob:
     _check_args(ns, args)
     kw = _common_settings(ns, _section(ns, args))
     for name in ("nodes", "gpus_per_node", "nproc_per_node", "partition", "account", "qos", "constraint",
-                 "time", "job_name", "cpus_per_task", "mem", "output_dir", "signal_seconds", "max_restarts"):
+                 "exclude", "time", "job_name", "cpus_per_task", "mem", "output_dir", "signal_seconds", "max_restarts"):
         if getattr(ns, name) is not None:
             kw[name] = getattr(ns, name)
     if ns.sbatch_extra:

@@ -26,7 +26,7 @@ CONFIG_COMMANDS = ("train", "train-vae")
 
 # Keys of a `launcher:` section: SlurmJob fields that are not per-invocation.
 SECTION_KEYS = (
-    "nodes", "gpus_per_node", "nproc_per_node", "partition", "account", "qos", "constraint", "time",
+    "nodes", "gpus_per_node", "nproc_per_node", "partition", "account", "qos", "constraint", "exclude", "time",
     "job_name", "cpus_per_task", "mem", "output_dir", "setup", "sbatch_extra", "env", "network",
     "signal_seconds", "max_restarts", "launcher", "python",
 )

@@ -61,7 +61,7 @@ NETWORK_PRESETS = {
 }
 LAUNCHERS = ("torchrun", "deepspeed")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NAME_FIELDS = ("output_dir", "job_name", "partition", "account", "qos", "constraint")
+_NAME_FIELDS = ("output_dir", "job_name", "partition", "account", "qos", "constraint", "exclude")
 
 
 @dataclass
@@ -74,6 +74,7 @@ class SlurmJob:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
+    exclude: str | None = None  # nodes not to run on, e.g. one lost in the last start: node[3,7]
     time: str | None = None
     job_name: str | None = None
     cpus_per_task: int | None = None  # CPUs of the one task per node, shared by its ranks
@@ -196,7 +197,7 @@ class SlurmJob:
         optional = [
             ("cpus-per-task", self.cpus_per_task), ("mem", self.mem),
             ("partition", self.partition), ("account", self.account), ("qos", self.qos),
-            ("constraint", self.constraint), ("time", self.time),
+            ("constraint", self.constraint), ("exclude", self.exclude), ("time", self.time),
         ]
         options += [f"--{k}={v}" for k, v in optional if v is not None]
         options += [

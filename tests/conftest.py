@@ -29,5 +29,5 @@ def world(tmp_path_factory):
 def pytest_configure(config):
     for name, what in (("slow", "takes more than a few seconds"), ("distributed", "starts several ranks"),
                        ("gpu", "needs a CUDA device"),
-                       ("slurm", "starts a real single-node Slurm (tests/slurm_cluster.py)")):
+                       ("slurm", "starts a real Slurm: one node, or several in network namespaces (tests/slurm_cluster.py)")):
         config.addinivalue_line("markers", f"{name}: {what}")

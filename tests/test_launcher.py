@@ -7,6 +7,7 @@ Regenerate the golden scripts deliberately with: SORA_UPDATE_GOLDEN=1 python -m 
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,7 +62,7 @@ def test_render_contract():
     text = FULL.render()
     assert "#SBATCH --signal=B:USR1@300\n#SBATCH --requeue\n" in text
     assert "#SBATCH --output=/scratch/sora/runs/dit1b/slurm-%j.out" in text
-    assert "--output /scratch/sora/runs/dit1b/rank-logs/%j-node%n.log" in text
+    assert "--output /scratch/sora/runs/dit1b/rank-logs/%j-%N.log" in text  # one per node, by name
     assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)' in text
     assert "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}" in text  # preset: the caller's value wins
     assert "export NCCL_IB_DISABLE=${NCCL_IB_DISABLE:-0}" in text
@@ -109,6 +110,7 @@ def test_time_limit_bad(value):
     ({"launcher": "mpirun"}, "unknown launcher"),
     ({"env": {"A B": "1"}}, "bad environment variable"),
     ({"partition": "a b"}, "no spaces"),
+    ({"exclude": "node1 node2"}, "exclude 'node1 node2' must be non-empty with no spaces"),
 ])
 def test_validation(change, message):
     job = slurm.SlurmJob(**{**MINIMAL.__dict__, **change})
@@ -124,11 +126,12 @@ def _fake_bin(tmp_path, name, body):
     return path.parent
 
 
-def _run_script(tmp_path, srun_body, restart=0, signal_after_ready=False):
+def _run_script(tmp_path, srun_body, restart=0, signal_after_ready=False, scontrol_show="echo node1; echo node2",
+                timeout=15):
     """Run the rendered MINIMAL script with fake srun/scontrol; returns (exit code, stdout, requeued?)."""
     log = tmp_path / "log"
     log.mkdir(exist_ok=True)
-    _fake_bin(tmp_path, "scontrol", f'[ "$1" = show ] && echo node1 && echo node2\n'
+    _fake_bin(tmp_path, "scontrol", f'[ "$1" = show ] && {{ {scontrol_show}; }}\n'
                                     f'[ "$1" = requeue ] && echo "$2" > {log}/requeued\nexit 0\n')
     out_dir = tmp_path / "out"
     srun_body = srun_body.replace("@EXIT_DIR@", str(out_dir / ".exit-codes"))
@@ -146,7 +149,7 @@ def _run_script(tmp_path, srun_body, restart=0, signal_after_ready=False):
                 time.sleep(0.05)
             time.sleep(0.3)  # let bash record SRUN_PID and enter `wait`
             proc.send_signal(signal.SIGUSR1)
-        out, _ = proc.communicate(timeout=15)
+        out, _ = proc.communicate(timeout=timeout)
     finally:
         if (log / "srun_pid").exists():
             subprocess.run(["kill", (log / "srun_pid").read_text().strip()], stderr=subprocess.DEVNULL)
@@ -187,6 +190,47 @@ def test_script_exit_and_requeue_decisions(tmp_path, codes, status, restart, wan
     assert code == want_code, out
     assert (requeued is not None) == want_requeue, out
     assert message in out
+
+
+@pytest.mark.slow
+def test_script_stops_waiting_for_a_lost_node_and_names_it(tmp_path):
+    """srun waits for a node that never answers until Slurm's SlurmdTimeout (minutes): once a rank has
+    exited and srun has not followed within 5 s, the script probes each node's slurmd, names the one
+    that does not answer, stops srun and ends without requeueing. node1's slurmd answers (a listening
+    socket here); node2's refuses (nothing listens there), as a node whose slurmd died."""
+    with socket.socket() as slurmd:
+        slurmd.bind(("127.0.0.1", 0))
+        slurmd.listen()
+        port = slurmd.getsockname()[1]
+        show = (f'case "$2" in hostnames) echo node1; echo node2 ;; config) echo "SlurmdPort = {port}" ;; '
+                f'node) echo "NodeName=node1 Arch=x86_64 NodeAddr=127.0.0.1 State=ALLOCATED"; '
+                f'echo "NodeName=node2 Arch=x86_64 NodeAddr=127.0.0.2 State=ALLOCATED" ;; esac')
+        # node1's 8 ranks timed out waiting for node2's, which are gone with their node
+        body = "".join(f"echo 1 > @EXIT_DIR@/rank-{r}\n" for r in range(8)) + "exec sleep 300\n"
+        # srun (a 300 s sleep) is stopped well within the 60 s allowed here, or this times out
+        code, out, requeued, _ = _run_script(tmp_path, body, scontrol_show=show, timeout=60)
+    assert code == 1 and requeued is None, out
+    assert "node(s) node2: slurmd does not answer, srun would wait for them: stopping it" in out
+    assert "srun exited with 137; rank exit codes: 1" in out
+    assert "lost node(s) node2: 8 rank(s) without an exit code (8 9 10 11 12 13 14 15); not requeueing" in out
+    assert f"sbatch --exclude=node2 {tmp_path / 'out' / 'job.sbatch'}" in out
+    assert "node1" not in out.split("lost node(s)")[1]
+
+
+def test_script_names_the_lost_node_of_a_start_slurm_ended(tmp_path):
+    """A start that never got past srun (its first node, running this script, was lost; Slurm requeued
+    the job) is reported by the next start, with the nodes of its allocation that are down now."""
+    _fake_bin(tmp_path, "sinfo", 'echo "$@" > "$(dirname "$0")/sinfo_args"; echo node1\n')
+    codes = tmp_path / "out" / ".exit-codes"
+    codes.mkdir(parents=True)
+    (codes / "nodes").write_text("4241 node[1-2]\n")  # written by that start; no `ended` after it
+    code, out, _, _ = _run_script(tmp_path, _ranks_exit([0, 0], 0))
+    assert code == 0 and "the previous start (job 4241 on node[1-2]) was ended by Slurm before its ranks " \
+                          "finished; lost node(s), down now: node1" in out, out
+    assert "-n node[1-2] -t down,drain,fail,no_respond" in (tmp_path / "bin" / "sinfo_args").read_text()
+    assert (codes / "ended").exists() and (codes / "nodes").read_text() == "4242 node[1-2]\n"
+    code, out, _, _ = _run_script(tmp_path, _ranks_exit([0, 0], 0))  # that start ended through the script
+    assert code == 0 and "previous start" not in out
 
 
 def test_script_stops_a_crash_loop_before_starting(tmp_path):

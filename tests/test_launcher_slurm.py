@@ -17,7 +17,6 @@ with apt-get, `make test` installs Slurm (scripts/install_slurm.sh); if it is st
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from launcher import cli
-from tests.slurm_cluster import BINARIES, SlurmCluster, _which, unavailable_reason
+from tests.slurm_cluster import cluster_for_tests, finished, job, steps, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TESTS = Path(__file__).parent
@@ -35,28 +34,8 @@ STEPS = 30
 
 @pytest.fixture(scope="module")
 def cluster():
-    reason = unavailable_reason()
-    if reason:
-        print(f"\nskipping the real-Slurm tests: {reason}", file=sys.stderr)
-        pytest.skip(reason)
-    missing = [b for b in BINARIES if _which(b) is None]
-    if missing:
-        pytest.fail(f"Slurm is not installed ({', '.join(missing)} missing) although this machine could "
-                    f"install it: run `bash scripts/install_slurm.sh` (`make test` does)", pytrace=False)
-    c = SlurmCluster()
-    saved = os.environ.get("SLURM_CONF")
-    try:
-        c.start()
-        os.environ["SLURM_CONF"] = str(c.conf)  # for sora-launch's own sbatch / scontrol / sinfo calls
+    with cluster_for_tests() as c:
         yield c
-    except RuntimeError as e:
-        pytest.fail(f"could not start the test Slurm cluster: {e}", pytrace=False)
-    finally:
-        if saved is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = saved
-        c.stop()
 
 
 def submit(run: Path, *trainer_args: str, extra: tuple[str, ...] = ()) -> str:
@@ -67,35 +46,6 @@ def submit(run: Path, *trainer_args: str, extra: tuple[str, ...] = ()) -> str:
             "--", "train", str(run), str(STEPS), *trainer_args]
     assert cli.main(argv) == 0
     return (run / "slurm_job_id").read_text().strip()
-
-
-def job(job_id: str) -> dict:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True)
-    return dict(t.split("=", 1) for t in out.stdout.split() if "=" in t)
-
-
-def wait_for(what, ok, timeout, cluster, run=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = ok()
-        if value:
-            return value
-        time.sleep(0.25)
-    logs = ""
-    if run is not None:
-        for p in sorted(run.glob("slurm-*.out")) + sorted(run.glob("rank-logs/*")):
-            logs += f"\n--- {p}\n" + p.read_text(errors="replace")[-3000:]
-    pytest.fail(f"timed out after {timeout} s waiting for {what}{logs}\n{cluster.logs_tail(15)}", pytrace=False)
-
-
-def steps(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def finished(job_id: str) -> str | None:
-    state = job(job_id)["JobState"]
-    return state if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") else None
 
 
 def test_preempt_requeue_resume_finish(cluster, tmp_path, capsys):
