@@ -3,8 +3,13 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.installed
-PYTEST  ?= -q
-export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || echo cpu)
+PYTEST  ?= -q -rs
+# DeepSpeed's accelerator: cuda where an NVIDIA driver is (nvidia-smi on PATH), else cpu; a value the
+# caller sets is kept. Never empty: DeepSpeed rejects DS_ACCELERATOR="".
+ifeq ($(strip $(DS_ACCELERATOR)),)
+DS_ACCELERATOR := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
+endif
+export DS_ACCELERATOR
 
 .PHONY: setup slurm demo test test-fast clean
 

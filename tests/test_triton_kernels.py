@@ -1,8 +1,10 @@
 """Triton kernels (kernels/) against the plain-PyTorch references in sora/ops, forward and gradients.
 
-Without a GPU they run under Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1
-before anything imports kernels/; Triton reads it when a kernel is decorated). Shapes are small
-but odd: lengths 1, 17, 127/129, empty samples, many short samples with one long one.
+The CPU cases run under Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
+anything imports kernels/; Triton reads it when a kernel is decorated); on a CUDA host, where this
+process compiles the kernels, they run in a child pytest instead (tests/test_gpu_host.py). The GPU
+cases (`pytest -m gpu`) run compiled. Shapes are small but odd: lengths 1, 17, 127/129, empty
+samples, many short samples with one long one.
 Errors are ||out - ref64|| / ||ref64|| against the reference in float64. fp32 must stay under
 FP32_BOUND; bf16/fp16 under 2x the reference's own error in that dtype plus a small floor
 (flash-attn's rule). Outputs are poisoned with NaN (kernels._common.POISON), so an element a
@@ -17,6 +19,7 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter   # every case but the `gpu` ones launches kernels on CPU tensors
 
 import kernels._common as kc  # noqa: E402
 from kernels import flash_attn_varlen_func  # noqa: E402

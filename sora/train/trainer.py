@@ -21,7 +21,7 @@ from sora.diffusion.flow import add_noise, first_frame_tokens, flow_loss_sum, sa
 from sora.models.t2v import TextToVideo
 from sora.ops.packing_index import sample_index
 from sora.parallel.deepspeed_config import deepspeed_config
-from sora.parallel.dims import ParallelDims, init_distributed
+from sora.parallel.dims import ParallelDims, compute_device, init_distributed
 from sora.parallel.sequence import shard_rows, shard_sequence
 from sora.parallel.ulysses import init_sequence_parallel_groups, pack_checksum, wrap_for_sequence_parallel
 from sora.train import rng_state
@@ -138,9 +138,8 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     own_flag = preempt is None      # `sora train` installs it before its imports: a signal during
     preempt = preempt or PreemptionFlag()   # start-up must not kill us before the first checkpoint
     dims = init_distributed(cfg.parallel.sp, cfg.parallel.timeout_s)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cuda)
+    device = compute_device()
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if bf16 else torch.float32
     run_dir = Path(cfg.run.dir)
     latent = uses_latent_shards(cfg)      # `sora preprocess` output: no VAE here, no online encoding

@@ -125,12 +125,11 @@ def _engine(cfg: Config, module: torch.nn.Module, bf16: bool, lr: float):
 
 
 def train_vae(cfg: Config) -> Path:
-    from sora.parallel.dims import init_distributed
+    from sora.parallel.dims import compute_device, init_distributed
 
     dims = init_distributed(1, cfg.parallel.timeout_s)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cuda)
+    device = compute_device()
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     dtype = torch.bfloat16 if bf16 else torch.float32
     run_dir = Path(cfg.run.dir)
     if dims.is_main:
