@@ -10,8 +10,9 @@ checkpoint -> it finishes (exit_status.json code 0, final weights) with every st
 Then: a diverged run (76) is not requeued, the restart limit stops requeueing, an unknown partition is
 refused before submitting, and status / logs / cancel work on real jobs.
 
-Skips (saying why) only where Slurm cannot be installed: not root, or no apt-get. On a root machine
-with apt-get, `make test` installs Slurm (scripts/install_slurm.sh); if it is still missing, these fail.
+Skips (saying why) only where Slurm cannot be installed: not root, or no apt-get, and never in CI
+(CI=true: tests/required_tools.py). On a root machine with apt-get, `make test` installs Slurm
+(scripts/install_slurm.sh); if it is still missing, these fail.
 """
 
 import json
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from launcher import cli
+from tests.required_tools import missing_tool
 from tests.slurm_cluster import BINARIES, SlurmCluster, _which, unavailable_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -36,8 +38,7 @@ STEPS = 30
 def cluster():
     reason = unavailable_reason()
     if reason:
-        print(f"\nskipping the real-Slurm tests: {reason}", file=sys.stderr)
-        pytest.skip(reason)
+        missing_tool(reason)  # skips, saying why; fails in CI
     missing = [b for b in BINARIES if _which(b) is None]
     if missing:
         pytest.fail(f"Slurm is not installed ({', '.join(missing)} missing) although this machine could "
