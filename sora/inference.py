@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from sora.config import Config, ConfigError, untrained_first_frame_mode
+from sora.config import Config, ConfigError, untrained_first_frame_mode, uses_bf16
 from sora.data.packing import pack, PackItem
 from sora.diffusion.samplers import sample
 from sora.models.t2v import TextToVideo
@@ -15,13 +15,20 @@ from sora.ops.patchify import patchify, unpatchify
 from sora.train.artifacts import load_vae, run_config
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class Generator:
     def __init__(self, cfg: Config, model: TextToVideo, vae, device="cpu"):
         self.cfg, self.model, self.vae, self.device = cfg, model.eval(), vae, device
+        self.dtype = next(model.parameters()).dtype
 
     @classmethod
     def from_run(cls, run_dir: str | Path, ema: bool = True, device="cpu") -> "Generator":
-        """A run directory (its final weights, EMA or raw) or a file written by `sora export`."""
+        """A run directory (its final weights, EMA or raw) or a file written by `sora export`. The
+        model runs in the run's train.precision on `device` (bf16 on a GPU under `auto`), with the
+        kernel backends `model.backend` names for that device."""
         if Path(run_dir).is_file():
             from sora.export import config_of_export
 
@@ -35,7 +42,8 @@ class Generator:
         model = TextToVideo(cfg, device=str(device))
         model.load_state_dict(load_file(str(path)))
         vae, _ = load_vae(cfg.vae.run, device)
-        return cls(cfg, model.to(device), vae, device)
+        dtype = torch.bfloat16 if uses_bf16(cfg.train.precision, torch.device(device).type) else torch.float32
+        return cls(cfg, model.to(device, dtype), vae, device)
 
     @property
     def playback_fps(self) -> float:
@@ -106,10 +114,14 @@ class Generator:
             given[:frame_tokens] = True
             given = given.repeat(len(prompts)).to(self.device)                  # [N]
             x_given = torch.cat([torch.cat([f.to(batch.x), batch.x.new_zeros(n - frame_tokens, p)]) for f in first])
-        x = sample(self.model, batch.x, batch.cu_seqlens, batch.max_seqlen, batch.grid, batch.captions,
+        x = sample(self._velocity, batch.x, batch.cu_seqlens, batch.max_seqlen, batch.grid, batch.captions,
                    steps or s.steps, s.cfg if guidance is None else guidance, self.cfg.diffusion, method or s.sampler,
                    given=given, x_given=x_given)
         return [x[int(batch.cu_seqlens[b]):int(batch.cu_seqlens[b + 1])] for b in range(len(prompts))]
+
+    def _velocity(self, x, *args, **kwargs):
+        """The model in its own dtype; the sampler integrates in float32."""
+        return self.model(x.to(self.dtype), *args, **kwargs).float()
 
     def _encode_image(self, image: np.ndarray, height: int, width: int) -> torch.Tensor:
         """uint8 [H, W, 3] -> first-frame latent tokens [H'*W', P] at height x width (resized, centre-cropped)."""

@@ -30,16 +30,17 @@ class TextToVideo(nn.Module):
                        cfg.model.mlp_ratio, cfg.model.qk_norm, cfg.model.rope_theta,
                        cfg.model.checkpointing, cfg.model.backend, str(device))
 
-    def encode_text(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> ctx [M, Dt], cu_seqlens_ctx [B+1] int32."""
+    def encode_text(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """-> ctx [M, Dt], cu_seqlens_ctx [B+1] int32, the longest caption's tokens (read from the
+        host-side cu_seqlens: no device sync)."""
         if self.text is not None:
             ids, cu = self.text.tokenizer(captions)
+            max_len = int((cu[1:] - cu[:-1]).max())
             ids, cu = ids.to(device), cu.to(device)
-            return self.text(ids, cu, self.dit.kernels.attention), cu
+            return self.text(ids, cu, max_len, self.dit.kernels.attention), cu, max_len
         ctx, cu = self._frozen_text[0].encode(captions)
-        return ctx.to(device), cu.to(device)
+        return ctx.to(device), cu.to(device), int((cu[1:] - cu[:-1]).max())
 
     def forward(self, x, cu_seqlens, max_seqlen, grid, t, captions: list[str], token_offset=None, given=None):
-        ctx, cu_ctx = self.encode_text(captions, x.device)
-        max_ctx = int((cu_ctx[1:] - cu_ctx[:-1]).max())
+        ctx, cu_ctx, max_ctx = self.encode_text(captions, x.device)
         return self.dit(x, cu_seqlens, max_seqlen, grid, t, ctx.to(x.dtype), cu_ctx, max_ctx, token_offset, given)

@@ -50,10 +50,10 @@ class _TextBlock(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
 
-    def forward(self, x, cu, attention):
+    def forward(self, x, cu, max_seqlen: int, attention):
         n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(n, 3, self.heads, d // self.heads).unbind(1)  # [M, H, Dh] each
-        x = x + self.proj(attention(q, k, v, cu, cu).reshape(n, d))
+        x = x + self.proj(attention(q, k, v, cu, cu, max_seqlen, max_seqlen).reshape(n, d))
         return x + self.mlp(self.norm2(x))
 
 
@@ -69,14 +69,15 @@ class HashTextEncoder(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
 
-    def forward(self, ids: torch.Tensor, cu: torch.Tensor, attention) -> torch.Tensor:
-        """ids [M], cu [B+1] -> ctx [M, dim]."""
+    def forward(self, ids: torch.Tensor, cu: torch.Tensor, max_seqlen: int, attention) -> torch.Tensor:
+        """ids [M], cu [B+1], max_seqlen = the longest caption's tokens -> ctx [M, dim]. `attention`
+        has flash-attn's signature (max_seqlen_q/k are required there)."""
         lens = (cu[1:] - cu[:-1]).long()
         starts = torch.repeat_interleave(cu[:-1].long(), lens, output_size=ids.numel())
         pos = torch.arange(ids.numel(), device=ids.device) - starts
         x = self.embed(ids) + self.pos(pos)
         for blk in self.blocks:
-            x = blk(x, cu, attention)
+            x = blk(x, cu, max_seqlen, attention)
         return self.norm(x)
 
 

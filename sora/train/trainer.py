@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from sora.config import Config, resolved_dims, save_config
+from sora.config import Config, resolved_dims, save_config, uses_bf16
 from sora.data.latent_shards import latent_stream, uses_latent_shards
 from sora.data.loader import PackedLoader, VideoStream
 from sora.data.shards import SkipStats, list_shards
@@ -139,7 +139,7 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     preempt = preempt or PreemptionFlag()   # start-up must not kill us before the first checkpoint
     dims = init_distributed(cfg.parallel.sp, cfg.parallel.timeout_s)
     device = compute_device()
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    bf16 = uses_bf16(cfg.train.precision, device.type)
     dtype = torch.bfloat16 if bf16 else torch.float32
     run_dir = Path(cfg.run.dir)
     latent = uses_latent_shards(cfg)      # `sora preprocess` output: no VAE here, no online encoding

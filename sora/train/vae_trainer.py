@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from sora.config import Config, save_config
+from sora.config import Config, save_config, uses_bf16
 from sora.data.loader import VideoStream
 from sora.data.pipeline import target_shape, to_model_video
 from sora.data.shards import SkipStats, iter_shard_samples, list_shards
@@ -129,7 +129,7 @@ def train_vae(cfg: Config) -> Path:
 
     dims = init_distributed(1, cfg.parallel.timeout_s)
     device = compute_device()
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    bf16 = uses_bf16(cfg.train.precision, device.type)
     dtype = torch.bfloat16 if bf16 else torch.float32
     run_dir = Path(cfg.run.dir)
     if dims.is_main:
