@@ -59,7 +59,7 @@ fi
 section pytest_gpu 100 "$PY" -m pytest -q -x -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml" \
   $(ls tests/test_ops.py tests/test_triton_kernels.py tests/test_csrc.py tests/test_flops.py 2>/dev/null)
 
-section kernels 90 "$PY" benchmarks/kernels.py --device cuda --out "$OUT"
+section kernels 90 "$PY" benchmarks/kernel_ops.py --device cuda --out "$OUT"
 
 section seqlen 150 "$PY" benchmarks/seqlen.py --device cuda --sizes DiT-1B --lengths 8192,16384,32768,65536 --out "$OUT"
 

@@ -26,16 +26,25 @@ def empty(*shape, **kw) -> torch.Tensor:
     return torch.empty(*shape, **kw) if POISON is None else torch.full(shape, POISON, **kw)
 
 
+# SORA_AUTOTUNE=0: every tuned kernel launches with its first config, untimed: one compile per
+# kernel instead of one per config (a GPU smoke test in seconds; the configs' order is their rank).
+AUTOTUNE = os.environ.get("SORA_AUTOTUNE", "1") != "0"
+
+
 def tuned(kernel, configs, key, interp_meta: dict):
     """Autotuned launcher on a GPU; fixed small blocks under the CPU interpreter (no timers there).
 
     Returns launch(grid_fn, *args, **kwargs) where grid_fn takes the meta-parameter dict.
     Configs that do not fit the chip (shared memory, registers) are dropped by the autotuner.
     """
-    if INTERPRET:
+    if INTERPRET or not AUTOTUNE:
+        first = configs[0]
+        fixed = dict(interp_meta) if INTERPRET else dict(first.kwargs, num_warps=first.num_warps,
+                                                          num_stages=first.num_stages)
+
         def launch(grid_fn, *args, **kwargs):
             ensure_allocator()
-            meta = dict(interp_meta, **kwargs)
+            meta = dict(fixed, **kwargs)
             return kernel[grid_fn(meta)](*args, **meta)
     else:
         auto = triton.autotune(configs=configs, key=key)(kernel)

@@ -191,3 +191,29 @@ def test_missing_tool_skips_outside_ci_and_fails_in_ci():
         missing_tool("nvcc not found", {})
     with pytest.raises(pytest.fail.Exception, match="nvcc not found.*CI is set"):
         missing_tool("nvcc not found", {"CI": "true"})
+
+
+def test_no_benchmark_script_shadows_a_package():
+    """A script's folder is sys.path[0] when it runs: benchmarks/kernels.py made `import kernels`
+    find the script, so sora.ops' Triton backend (kernels.flash_attn, ...) failed in every GPU benchmark."""
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert {"sora", "kernels", "launcher"} <= packages
+    clashes = [p.name for p in (ROOT / "benchmarks").glob("*.py") if p.stem in packages]
+    assert not clashes, f"benchmarks/{clashes} shadow the packages of the same name"
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_runs(tmp_path):
+    """benchmarks/gpu_smoke.py, the first section of benchmarks/gpu_check.sh, at tiny sizes under the
+    interpreter: every check runs and passes here, so a GPU loan is not spent on a broken script."""
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_smoke.py"), "--device", "cpu", "--tiny",
+                        "--steps", "2", "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=900)
+    import json
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    failed = [(c["check"], c.get("error")) for c in result["checks"] if not c["ok"]]
+    assert r.returncode == 0 and result["all_ok"] and not failed, (failed, r.stdout[-3000:], r.stderr[-3000:])
+    names = {c["check"] for c in result["checks"]}
+    assert {"attention self causal", "attention cross GQA", "rope triton", "adaln triton", "patch embed",
+            "patch unembed", "patchify triton", "dit 2 steps triton", "dit 2 steps auto"} <= names, names
