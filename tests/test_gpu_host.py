@@ -217,3 +217,20 @@ def test_gpu_smoke_script_runs(tmp_path):
     names = {c["check"] for c in result["checks"]}
     assert {"attention self causal", "attention cross GQA", "rope triton", "adaln triton", "patch embed",
             "patch unembed", "patchify triton", "dit 2 steps triton", "dit 2 steps auto"} <= names, names
+
+
+def test_gpu_check_reaches_every_gpu_test_within_its_budget():
+    """benchmarks/gpu_check.sh: the GPU tests selected with -m gpu (all of them), no -x (a failure
+    must not hide the rest), the smoke section first, and the foreground budgets within the
+    deadline, itself under 8 minutes."""
+    import re
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")]).returncode == 0
+    sections = re.findall(r"^section (\w+) (\d+) (.*)$", script, re.M)
+    names = [name for name, _, _ in sections]
+    assert names[:2] == ["env", "smoke"], names
+    pytests = [cmd for _, _, cmd in sections if "-m pytest" in cmd]
+    assert pytests and all(" -m gpu " in cmd and " -x" not in cmd for cmd in pytests), pytests
+    assert any("tests/test_triton_kernels.py" in c for c in pytests) and any("--ignore" in c for c in pytests)
+    budget = int(re.search(r"BUDGET_S:-(\d+)", script).group(1))
+    assert budget <= 480 and sum(int(limit) for _, limit, _ in sections) <= budget
