@@ -234,3 +234,18 @@ def test_gpu_check_reaches_every_gpu_test_within_its_budget():
     assert any("tests/test_triton_kernels.py" in c for c in pytests) and any("--ignore" in c for c in pytests)
     budget = int(re.search(r"BUDGET_S:-(\d+)", script).group(1))
     assert budget <= 480 and sum(int(limit) for _, limit, _ in sections) <= budget
+
+
+@pytest.mark.slow
+def test_aot_compile_for_hopper_reports_resources(tmp_path):
+    """kernels/aot_check.py compiles Triton kernels for sm_90a here (no GPU) and reads registers and
+    spills from ptxas: the small kernels only (the attention ones take minutes on this machine)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = tmp_path / "aot.json"
+    r = subprocess.run([sys.executable, "-m", "kernels.aot_check", "--only", "adaln fwd D=1152", "--json", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    import json
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and all(row["ptxas_ok"] and row["registers"] and row["fits"] for row in rows), rows
