@@ -71,6 +71,18 @@ def _ptxas_report(ptx: str, arch: str) -> dict:
             "ptxas_ok": ok, "ptxas": used}
 
 
+def _provenance() -> dict:
+    """Where and from what the report was made (compile-only: no timing, so load does not matter)."""
+    import datetime
+    import platform
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "host": platform.node(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU needed",
+            "commit": commit or None}
+
+
 def _jobs(full: bool):
     """(label, kernel, pointer dtypes, constexprs, configs) for every kernel."""
     import importlib
@@ -161,7 +173,8 @@ def main(argv=None) -> int:
             failed.append(label)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"arch": f"sm_{args.arch}", "triton": triton.__version__, "rows": rows}, f, indent=1)
+            json.dump({"arch": f"sm_{args.arch}", "triton": triton.__version__, **_provenance(), "rows": rows}, f,
+                      indent=1)
     if failed:
         print(f"no config compiles and fits for: {', '.join(failed)}", file=sys.stderr)
         return 1
