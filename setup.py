@@ -83,11 +83,15 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
         "tensorboard>=2.14",
+        "scenedetect-headless>=0.7",  # sora ingest --scenes: PySceneDetect's ContentDetector (OpenCV, no GUI libs)
     ],
     extras_require={
         # transformers / diffusers: the pretrained text-encoder and video-VAE loading tests
-        # triton 3.6+: the interpreter of 3.4/3.5 checks descriptor strides in elements, not bytes
-        "test": ["pytest>=8", "transformers>=4.44", "diffusers>=0.33", "triton>=3.6; platform_system == 'Linux'"],
+        # pyarrow: the Parquet-manifest ingest test; triton 3.6+: the interpreter of 3.4/3.5 checks
+        # descriptor strides in elements, not bytes
+        "test": ["pytest>=8", "transformers>=4.44", "diffusers>=0.33", "pyarrow>=14",
+                 "triton>=3.6; platform_system == 'Linux'"],
+        "parquet": ["pyarrow>=14"],                       # sora ingest --captions FILE.parquet
         "flash": ["flash-attn>=2.6"],
         "t5": ["transformers>=4.44", "sentencepiece"],
         "bench": ["matplotlib>=3.7"],                  # PNG plots of benchmarks/ (optional)

@@ -5,7 +5,7 @@
 
 1. One forward + backward of each Triton kernel at a realistic shape (bf16 on a GPU): varlen
    attention (two samples of 4096 + 1000 tokens, 16 heads of 128, and cross-attention to 300 text
-   tokens, GQA), 3-D RoPE, adaLN, fused patch embed / unembed, packed patchify; and the CUDA
+   tokens, GQA), fused q+k 3-D RoPE, adaLN, fused patch embed / unembed, packed patchify; and the CUDA
    extension's ops when sora._C has them. Outputs and input gradients are compared with the
    plain-PyTorch references of sora.ops (in float32).
 2. 10 AdamW steps of a small DiT on one packed batch (mixed sizes, an image among videos), on the
@@ -68,7 +68,7 @@ def kernel_checks(device, dtype, tiny):
     from sora.ops.adaln import adaln_modulate_torch
     from sora.ops.attention import varlen_attention_torch
     from sora.ops.patch_embed import patch_embed_torch, patch_unembed_torch
-    from sora.ops.rope import IMPLEMENTATIONS as ROPE, apply_rope_torch, rope_sections
+    from sora.ops.rope import IMPLEMENTATIONS as ROPE, rope_sections
 
     bound = 2e-2 if dtype != torch.float32 else 1e-4
     lens, heads, hd, ctx_len, width = ([40, 9], 2, 32, 7, 64) if tiny else ([4096, 1000], 16, 128, 300, 2048)
@@ -100,9 +100,9 @@ def kernel_checks(device, dtype, tiny):
         "attention cross GQA": lambda: compare(
             "cross", lambda q, k, v: flash_attn_varlen_func(q, k, v, cu, cu_ctx, max_q, max_c),
             lambda q, k, v: varlen_attention_torch(q, k, v, cu, cu_ctx, max_q, max_c), [q, kc, kc.clone()], bound),
-        "rope triton": lambda: compare(
-            "rope", lambda x: ROPE["triton"](x, cu, grid, sections, 10000.0),
-            lambda x: apply_rope_torch(x, cu, grid, sections, 10000.0), [q], bound),
+        "rope q+k triton": lambda: compare(
+            "rope", lambda q, k: torch.cat(ROPE["triton"](q, k, cu, grid, sections, 10000.0), 1),
+            lambda q, k: torch.cat(ROPE["torch"](q, k, cu, grid, sections, 10000.0), 1), [q, k], bound),
         "adaln triton": lambda: compare(
             "adaln", lambda x, s, c: adaln_modulate(x, s, c, cu), lambda x, s, c: adaln_modulate_torch(x, s, c, cu),
             [x, shift, scale], bound),
@@ -117,9 +117,9 @@ def kernel_checks(device, dtype, tiny):
             lambda l: pf.patchify_packed_torch(l, pcu, pgrid, patch, channels), [lat], 0.0),
     }
     if device.startswith("cuda"):                       # the CUDA extension, when this build has it
-        checks["rope cuda"] = lambda: compare(
-            "rope cuda", lambda x: ROPE["cuda"](x, cu, grid, sections, 10000.0),
-            lambda x: apply_rope_torch(x, cu, grid, sections, 10000.0), [q], bound)
+        checks["rope q+k cuda"] = lambda: compare(
+            "rope cuda", lambda q, k: torch.cat(ROPE["cuda"](q, k, cu, grid, sections, 10000.0), 1),
+            lambda q, k: torch.cat(ROPE["torch"](q, k, cu, grid, sections, 10000.0), 1), [q, k], bound)
         checks["patchify cuda"] = lambda: compare(
             "patchify cuda", lambda l: pf.PATCHIFY_IMPLEMENTATIONS["cuda"](l, pcu, pgrid, patch, channels),
             lambda l: pf.patchify_packed_torch(l, pcu, pgrid, patch, channels), [lat], 0.0)
@@ -130,27 +130,28 @@ def dit_steps(backend, device, dtype, tiny, steps=10):
     """`steps` AdamW steps of a small DiT on one fixed packed batch: losses, step seconds after the first."""
     from sora.models.dit import DiT
     torch.manual_seed(0)
-    width, depth, heads, in_dim, text_dim = (64, 2, 2, 16, 32) if tiny else (512, 4, 8, 64, 256)
-    model = DiT(in_dim, width, depth, heads, text_dim, checkpointing=backend == "triton", backend=backend,
+    width, depth, heads, channels, text_dim = (64, 2, 2, 4, 32) if tiny else (512, 4, 8, 16, 256)
+    patch = (1, 2, 2)
+    model = DiT(channels, patch, width, depth, heads, text_dim, checkpointing=backend == "triton", backend=backend,
                 device=device).to(device, dtype).train()
-    grids = [(1, 2, 3), (3, 4, 4), (1, 1, 5)] if tiny else [(5, 16, 24), (9, 12, 16), (1, 32, 32)]
+    grids = [(1, 2, 3), (3, 4, 4), (1, 1, 5)] if tiny else [(5, 16, 24), (9, 12, 16), (1, 32, 32)]  # token grids
     cu, grid = packing(grids, device)
-    n = int(cu[-1])
+    n, p = int(cu[-1]), channels * patch[0] * patch[1] * patch[2]
     lens = [2, 5, 3] if tiny else [40, 77, 12]
     cu_ctx = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
-    x0 = torch.randn(n, in_dim, device=device, dtype=dtype)
+    x0 = torch.randn(n * p, device=device, dtype=dtype)                       # packed latents [N*P]
     noise = torch.randn_like(x0)
     t = torch.rand(len(grids), device=device)
-    sid = torch.repeat_interleave(torch.arange(len(grids), device=device), (cu[1:] - cu[:-1]).long())
-    xt = (1 - t[sid, None]) * x0 + t[sid, None] * noise
+    sid = torch.repeat_interleave(torch.arange(len(grids), device=device), (cu[1:] - cu[:-1]).long() * p)
+    xt = (1 - t[sid]) * x0 + t[sid] * noise
     ctx = torch.randn(int(cu_ctx[-1]), text_dim, device=device, dtype=dtype)
+    layout = model.kernels.layout(cu, grid)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses, seconds = [], []
     for _ in range(steps):
         sync(device)
         t0 = time.perf_counter()
-        pred = model(xt, cu, max(g[0] * g[1] * g[2] for g in grids), grid, t.to(dtype), ctx, cu_ctx, max(lens),
-                     given=torch.zeros(n, dtype=torch.bool, device=device))
+        pred = model(xt, layout, t.to(dtype), ctx, cu_ctx, given=torch.zeros(n, dtype=torch.bool, device=device))
         loss = F.mse_loss(pred.float(), (noise - x0).float())
         opt.zero_grad(set_to_none=True)
         loss.backward()

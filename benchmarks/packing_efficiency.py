@@ -37,11 +37,11 @@ def packed_efficiency(counts: list[int], budget: int, lookahead: int, epochs: in
     buffer, fills, pos = [], [], 0
     while pos < len(stream) or buffer:
         while pos < len(stream) and len(buffer) < lookahead:
-            buffer.append(PackItem(torch.empty(stream[pos], 0), (1, 1, stream[pos]), "", ""))
+            buffer.append(PackItem(torch.empty(0, 1, 1, stream[pos]), (1, 1, stream[pos]), "", ""))
             pos += 1
         if pos >= len(stream):
             break  # the final drain of a finite stream is not steady state
-        fills.append(sum(p.tokens.shape[0] for p in take_best_fit(buffer, budget)) / budget)
+        fills.append(sum(p.num_tokens for p in take_best_fit(buffer, budget)) / budget)
     return float(np.mean(fills))
 
 

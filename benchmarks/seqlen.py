@@ -51,35 +51,30 @@ def grid_for(tokens: int) -> tuple[int, int, int]:
 
 def build(size: str, shape_kw: dict, device, dtype, checkpointing: bool, backend: str | None):
     dims = TINY.get(size) or DIT_SIZES[size]
-    model = DiT(shape_kw["in_dim"], dims["width"], dims["depth"], dims["heads"], shape_kw["text_dim"],
+    model = DiT(shape_kw["in_dim"] // 4, (1, 2, 2), dims["width"], dims["depth"], dims["heads"], shape_kw["text_dim"],
                 checkpointing=checkpointing, backend=backend).to(device, dtype).train()
     shape = F.DiTShape(dims["depth"], dims["width"], dims["heads"], shape_kw["in_dim"], shape_kw["text_dim"])
     return model, shape
 
 
-def make_step(model, opt, tokens, ctx_tokens, in_dim, text_dim, device, dtype, sp=1, rank=0, group=None, wrapper=None):
+def make_step(model, opt, tokens, ctx_tokens, in_dim, text_dim, device, dtype, sp=1, rank=0, group=None):
     g = grid_for(tokens)
     cu = torch.tensor([0, tokens], dtype=torch.int32, device=device)
     grid = torch.tensor([g], dtype=torch.int32, device=device)
-    x = torch.randn(tokens, in_dim, device=device, dtype=dtype)
+    x = torch.randn(tokens * in_dim, device=device, dtype=dtype)               # packed latents [N*P]
     ctx = torch.randn(ctx_tokens, text_dim, device=device, dtype=dtype)
     cu_ctx = torch.tensor([0, ctx_tokens], dtype=torch.int32, device=device)
     t = torch.rand(1, device=device).to(dtype)
-    offset = None
+    layout = model.kernels.layout(cu, grid)
     if sp > 1:  # this rank's slice of the one sample (tokens % sp == 0: no pad segment)
-        from sora.parallel.sequence import shard_sequence
+        from sora.parallel.sequence import padded_packing, shard_layout
 
-        shard = shard_sequence(cu, grid, sp, rank)
-        wrapper.bind(shard, device)
-        x = x[shard.lo:shard.hi]
-        cu = torch.tensor([0, shard.hi - shard.lo], dtype=torch.int32, device=device)
-        offset = torch.tensor([shard.lo], device=device)
+        layout = shard_layout(model.kernels.layout(*padded_packing(cu, grid, sp)), sp, rank)
     target = torch.randn_like(x)
     params = [p for p in model.parameters()]
 
     def step():
-        out = model(x, cu, int(cu[-1]), grid, t, ctx, cu_ctx, ctx_tokens, token_offset=offset) if offset is not None \
-            else model(x, cu, tokens, grid, t, ctx, cu_ctx, ctx_tokens)
+        out = model(x, layout, t, ctx, cu_ctx)
         (out.float() - target.float()).square().mean().backward()
         if group is not None:            # data x sequence parallel: gradients summed over all ranks
             flat = torch.cat([p.grad.reshape(-1) for p in params])
@@ -153,14 +148,13 @@ def main(argv=None):
             try:
                 torch.manual_seed(0)
                 model, shape = build(size, shape_kw, device, dtype, checkpointing, a.backend)
-                wrapper = None
                 if sp > 1:
                     from sora.parallel.ulysses import wrap_for_sequence_parallel
-                    wrapper = wrap_for_sequence_parallel(model, sp_group)
+                    wrap_for_sequence_parallel(model, sp_group)
                 path = F.attention_path(model.kernels.attention, str(device))
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
                 step = make_step(model, opt, L, a.ctx_tokens, shape_kw["in_dim"], text_dim, device, dtype, sp, rank,
-                                 group if world > 1 else None, wrapper)
+                                 group if world > 1 else None)
                 if cuda:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()

@@ -28,7 +28,7 @@ def worker(a) -> None:
     import torch.distributed as dist
 
     from sora.models.dit import DiT
-    from sora.parallel.sequence import shard_rows, shard_sequence
+    from sora.parallel.sequence import padded_packing, shard_layout
     from sora.parallel.ulysses import wrap_for_sequence_parallel
     from sora.train.flops import ulysses_alltoall_bytes
 
@@ -38,28 +38,24 @@ def worker(a) -> None:
     rank, sp = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     in_dim, text_dim = 16, 32
-    model = DiT(in_dim, a.width, a.depth, a.heads, text_dim, qk_norm=True, rope_theta=10000.0, backend="torch")
+    model = DiT(in_dim // 4, (1, 2, 2), a.width, a.depth, a.heads, text_dim, qk_norm=True, rope_theta=10000.0,
+                backend="torch")
     grid = torch.tensor([[a.frames, a.height, a.width_tokens]], dtype=torch.int32)
     n = int(grid.prod())
     cu = torch.tensor([0, n], dtype=torch.int32)
-    x = torch.randn(n, in_dim)
+    x = torch.randn(n * in_dim)                                                 # packed latents [N*P]
     ctx, cu_ctx = torch.randn(7, text_dim), torch.tensor([0, 7], dtype=torch.int32)
     t = torch.tensor([0.5])
+    layout = model.kernels.layout(cu, grid)
     if sp > 1:
-        ulysses = wrap_for_sequence_parallel(model, dist.group.WORLD)
-        shard = shard_sequence(cu, grid, sp, rank)
-        ulysses.bind(shard, x.device)
-        seg = shard.segment_sample
-        args = (shard_rows(x, shard), shard.cu_seqlens, shard.max_seqlen, shard.full_grid[seg],
-                torch.cat([t, t.new_zeros(1)])[seg])
+        wrap_for_sequence_parallel(model, dist.group.WORLD)
+        layout = shard_layout(model.kernels.layout(*padded_packing(cu, grid, sp)), sp, rank)
+        seg = layout.whole.sample_index[layout.rows[0] + layout.cu_seqlens[:-1].long()]   # sample of each segment
         ctxs = [ctx if int(s) == 0 else torch.randn(1, text_dim) for s in seg]
-        ctx_cat = torch.cat(ctxs)
         lens = torch.tensor([c.shape[0] for c in ctxs])
-        cu_ctx = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).int()
-        extra = (ctx_cat, cu_ctx, int(lens.max()), shard.segment_offset)
-    else:
-        args = (x, cu, n, grid, t)
-        extra = (ctx, cu_ctx, 7, None)
+        ctx, cu_ctx = torch.cat(ctxs), torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).int()
+        t = torch.cat([t, t.new_zeros(1)])[seg]
+    args = (x, layout, t, ctx, cu_ctx)
 
     sent = {"bytes": 0, "calls": 0}
     original = dist.all_to_all_single
@@ -84,14 +80,14 @@ def worker(a) -> None:
         dist.barrier()
         t0 = time.perf_counter()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t_: t_):
-            out = model(*args, *extra)
+            out = model(*args)
         fwd_bytes, fwd_calls = sent["bytes"], sent["calls"]
         out.square().mean().backward()
         dist.barrier()
         if it:  # the first is warm-up
             times.append(time.perf_counter() - t0)
     act = sum(saved.values())
-    rec = {"rank": rank, "sp": sp, "tokens": n, "local_tokens": int(args[0].shape[0]),
+    rec = {"rank": rank, "sp": sp, "tokens": n, "local_tokens": layout.num_tokens,
            "activation_bytes": act, "step_s": sorted(times)[len(times) // 2],
            "all_to_all_forward_bytes": fwd_bytes, "all_to_all_forward_calls": fwd_calls,
            "all_to_all_forward_bytes_analytic": a.depth * ulysses_alltoall_bytes(-(-n // sp) * sp, a.width, sp, 4)}

@@ -4,7 +4,7 @@
 // files include only ATen/Parallel.h. Tensors cross this boundary as raw pointers; every shape,
 // dtype, device and packing check happens in bindings.cpp before a kernel is called.
 //
-// The packed batch (see ../shared/DESIGN.md): tokens of B samples concatenated, `cu` = cu_seqlens
+// The packed batch (see docs/DESIGN.md): tokens of B samples concatenated, `cu` = cu_seqlens
 // [B+1] int32 prefix sums starting at 0, `grid` [B, 3] int32 (T', H', W') token grid per sample,
 // tokens of a sample in row-major (t, h, w) order. Kernels derive each token's sample and (t, h, w)
 // from these two arrays (binary search over `cu`); no position tensor is read.

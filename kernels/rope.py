@@ -131,8 +131,3 @@ def rope_3d_qk(q, k, cu_seqlens, grid, sections, theta=10000.0, inverse=False, i
         BLOCK_P=max(2, triton.next_power_of_2(max(sections) // 2)),
         HAS_K=k is not None, INTERLEAVED=bool(interleaved), BLOCK_T=BLOCK_T, BLOCK_H=BLOCK_H, num_warps=NUM_WARPS)
     return qo, ko
-
-
-def rope_3d(x, cu_seqlens, grid, sections, theta=10000.0, inverse=False, interleaved=False, inplace=False):
-    """x [N, H, D] -> rotated [N, H, D]. The signature the sora.ops RopeFunction expects of a kernel."""
-    return rope_3d_qk(x, None, cu_seqlens, grid, sections, theta, inverse, interleaved, inplace)[0]

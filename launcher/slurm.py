@@ -44,14 +44,6 @@ def parse_time_limit(value: str) -> int:
     )
 
 
-def default_output_dir(args: list[str]) -> str:
-    """The run directory from a `run.dir=...` override among the sora args, else runs/slurm."""
-    for arg in reversed(args):  # the last override wins, as in the config merge
-        if arg.startswith("run.dir="):
-            return arg.split("=", 1)[1]
-    return DEFAULT_OUTPUT_DIR
-
-
 # Network presets: `export VAR=${VAR:-value}` lines, so a variable set before sbatch (or with --env) wins.
 COMMON_ENV = {
     "NCCL_DEBUG": "WARN",

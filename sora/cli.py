@@ -1,4 +1,4 @@
-"""`sora` command line: synth, train-vae, train, export, sample, evaluate (and more, see `sora -h`)."""
+"""`sora` command line: synth, ingest, train-vae, train, export, sample, evaluate (and more, see `sora -h`)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sora.config import ConfigError, load_config
+from sora.data.ingest.options import DEFAULT_MAX_PIXELS
 
 
 def _cmd_synth(a):
@@ -16,6 +17,24 @@ def _cmd_synth(a):
 
     manifest = synthesize(a.out, clips=a.clips, seed=a.seed, heldout_clips=a.heldout)
     print(f"wrote {len(manifest['train'])} train and {len(manifest['heldout'])} held-out shards to {a.out}")
+
+
+def _cmd_ingest(a):
+    from sora.data.ingest.options import IngestError, IngestOptions, parse_clip_seconds
+    from sora.data.ingest.run import format_summary, ingest
+
+    try:
+        clip_min, clip_max = parse_clip_seconds(a.clip_seconds)
+        opts = IngestOptions(split=a.split, min_seconds=a.min_seconds, max_seconds=a.max_seconds, clip_min=clip_min,
+                             clip_max=clip_max, scenes=a.scenes, min_side=a.min_side, max_side=a.max_side,
+                             max_aspect=a.max_aspect, fps_max=a.fps_max, min_motion=a.min_motion,
+                             samples_per_shard=a.samples_per_shard, max_pixels=a.max_pixels)
+        summary = ingest(a.sources, a.out, captions=a.captions, opts=opts, workers=a.workers,
+                         progress=not a.no_progress)
+    except IngestError as e:
+        print(f"sora ingest: error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
 
 
 def _cmd_train_vae(a):
@@ -55,9 +74,9 @@ def _close_process_group() -> None:
 
 def _cmd_sample(a):
     from sora.data.video_io import write_video
-    from sora.inference import Generator, default_device
+    from sora.inference import VideoGenerator, default_device
 
-    gen = Generator.from_run(a.run, ema=not a.no_ema, device=a.device or default_device())
+    gen = VideoGenerator.from_run(a.run, ema=not a.no_ema, device=a.device or default_device())
     first = a.first_frame
     if first not in (None, "joint", "generate"):                 # a path: animate that image
         from pathlib import Path
@@ -116,6 +135,33 @@ def main(argv=None) -> int:
     s.add_argument("--heldout", type=int, default=32)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_cmd_synth)
+
+    s = sub.add_parser("ingest", help="your videos / images + captions -> training shards (resumable; "
+                                      "rank r of W takes chunks r::W)")
+    s.add_argument("sources", nargs="*", metavar="SRC", help="files or directories (recursive)")
+    s.add_argument("--out", required=True, help="directory for the shards (SPLIT-*.tar) and ingest_report.json")
+    s.add_argument("--captions", default=None, metavar="FILE",
+                   help="CSV / TSV / JSONL / Parquet manifest: path|video|file, caption|text, optional start, end "
+                        "(seconds; then each row is one clip). Default: NAME.txt or NAME.json beside each file")
+    s.add_argument("--split", default="train", help="shard name prefix (default: train; e.g. heldout)")
+    s.add_argument("--workers", type=int, default=1, help="processes on this machine")
+    s.add_argument("--min-seconds", type=float, default=0.0, help="skip sources shorter than this")
+    s.add_argument("--max-seconds", type=float, default=float("inf"), help="skip sources longer than this")
+    s.add_argument("--clip-seconds", default="0:10", metavar="MIN:MAX",
+                   help="clip length: longer shots are cut into windows of at most MAX, shorter than MIN dropped "
+                        "(default 0:10)")
+    s.add_argument("--scenes", action="store_true", help="cut clips at shot boundaries (PySceneDetect)")
+    s.add_argument("--min-side", type=int, default=8, help="skip videos whose short side is below this (px)")
+    s.add_argument("--max-side", type=int, default=720, help="scale down so the short side is at most this (px)")
+    s.add_argument("--max-aspect", type=float, default=float("inf"), help="skip when long/short side exceeds this")
+    s.add_argument("--fps-max", type=float, default=float("inf"), help="resample higher frame rates down to this")
+    s.add_argument("--min-motion", type=float, default=0.0,
+                   help="skip clips whose motion score (mean |frame difference|, 0..255) is below this")
+    s.add_argument("--samples-per-shard", type=int, default=64)
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse frames with more pixels than this, before decoding them")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_ingest)
 
     for name, fn, what in (("train-vae", _cmd_train_vae, "stage 1: the causal VAE"),
                            ("train", _cmd_train, "stage 2: the DiT (DeepSpeed)")):

@@ -11,7 +11,7 @@ from sora.config import Config, ConfigError, untrained_first_frame_mode, uses_bf
 from sora.data.packing import pack, PackItem
 from sora.diffusion.samplers import sample
 from sora.models.t2v import TextToVideo
-from sora.ops.patchify import patchify, unpatchify
+from sora.ops.patchify import unpatchify
 from sora.train.artifacts import load_vae, run_config
 
 
@@ -19,13 +19,27 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Generator:
+class _InModelDtype:
+    """The model called in its own dtype (bf16 where the run trained in bf16 on this device) while
+    the sampler integrates in float32; everything else (layout, dit) is the model's."""
+
+    def __init__(self, model, dtype):
+        self.model, self.dtype = model, dtype
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, x, *args, **kwargs):
+        return self.model(x.to(self.dtype), *args, **kwargs).float()
+
+
+class VideoGenerator:
     def __init__(self, cfg: Config, model: TextToVideo, vae, device="cpu"):
         self.cfg, self.model, self.vae, self.device = cfg, model.eval(), vae, device
         self.dtype = next(model.parameters()).dtype
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, ema: bool = True, device="cpu") -> "Generator":
+    def from_run(cls, run_dir: str | Path, ema: bool = True, device="cpu") -> "VideoGenerator":
         """A run directory (its final weights, EMA or raw) or a file written by `sora export`. The
         model runs in the run's train.precision on `device` (bf16 on a GPU under `auto`), with the
         kernel backends `model.backend` names for that device."""
@@ -82,7 +96,7 @@ class Generator:
         grid = (t // patch[0], h // patch[1], w // patch[2])
         g = torch.Generator().manual_seed(seed)
         if image is not None:
-            first = [self._encode_image(image, height, width)] * len(prompts)    # [h*w, P] each
+            first = [self._encode_image(image, height, width)] * len(prompts)    # [C, 1, H', W'] each
         elif mode == "generate" and frames > 1:
             first = self._denoise(prompts, (1,) + grid[1:], g, steps, guidance, method)
         else:                                                                   # joint, or a text -> image
@@ -92,39 +106,38 @@ class Generator:
         else:
             latents = self._denoise(prompts, grid, g, steps, guidance, method, first)
         videos = []
-        for tokens in latents:
-            latent = unpatchify(tokens, grid, patch, c)                        # [C, T', H', W']
+        for latent in latents:                                                  # [C, T', H', W']
             video = self.vae.decode(latent[None].float())[0]                    # [3, T, H, W]
             video = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
             videos.append(video)                                                # [T, H, W, 3]
         return videos
 
     def _denoise(self, prompts, grid, g: torch.Generator, steps, guidance, method, first=None) -> list[torch.Tensor]:
-        """Sample latent tokens [T'*H'*W', P] per prompt on a token grid; `first` (optional): each
-        prompt's first-frame tokens [H'*W', P], held fixed (given)."""
-        s = self.cfg.sample
-        p = self.vae.latent_channels * int(np.prod(self.cfg.model.patch))
+        """Sample one latent [C, T', H', W'] per prompt on a token grid; `first` (optional): each
+        prompt's first-frame latent [C, 1, H', W'], held fixed (given)."""
+        s, c, patch = self.cfg.sample, self.vae.latent_channels, self.cfg.model.patch
+        p = c * int(np.prod(patch))
         n = grid[0] * grid[1] * grid[2]
-        items = [PackItem(torch.randn(n, p, generator=g), grid, prompt, str(i)) for i, prompt in enumerate(prompts)]
+        # noise drawn per token, then laid out as a latent (the same draws whatever the layout)
+        items = [PackItem(unpatchify(torch.randn(n, p, generator=g), grid, patch, c), grid, prompt, str(i))
+                 for i, prompt in enumerate(prompts)]
         batch = pack(items).to(self.device)
         given = x_given = None
         if first is not None:
-            frame_tokens = grid[1] * grid[2]
             given = torch.zeros(n, dtype=torch.bool)
-            given[:frame_tokens] = True
+            given[:grid[1] * grid[2]] = True                                    # the first token frame
             given = given.repeat(len(prompts)).to(self.device)                  # [N]
-            x_given = torch.cat([torch.cat([f.to(batch.x), batch.x.new_zeros(n - frame_tokens, p)]) for f in first])
-        x = sample(self._velocity, batch.x, batch.cu_seqlens, batch.max_seqlen, batch.grid, batch.captions,
+            x_given = torch.cat([torch.cat([f.to(batch.latents), torch.zeros_like(it.latent[:, f.shape[1]:]).to(
+                batch.latents)], dim=1).reshape(-1) for f, it in zip(first, items)])   # [N*P]
+        x = sample(_InModelDtype(self.model, self.dtype), batch.latents, batch.cu_seqlens, batch.grid, batch.captions,
                    steps or s.steps, s.cfg if guidance is None else guidance, self.cfg.diffusion, method or s.sampler,
                    given=given, x_given=x_given)
-        return [x[int(batch.cu_seqlens[b]):int(batch.cu_seqlens[b + 1])] for b in range(len(prompts))]
-
-    def _velocity(self, x, *args, **kwargs):
-        """The model in its own dtype; the sampler integrates in float32."""
-        return self.model(x.to(self.dtype), *args, **kwargs).float()
+        shape = (c, grid[0] * patch[0], grid[1] * patch[1], grid[2] * patch[2])
+        return [x[int(batch.cu_seqlens[b]) * p:int(batch.cu_seqlens[b + 1]) * p].view(shape)
+                for b in range(len(prompts))]
 
     def _encode_image(self, image: np.ndarray, height: int, width: int) -> torch.Tensor:
-        """uint8 [H, W, 3] -> first-frame latent tokens [H'*W', P] at height x width (resized, centre-cropped)."""
+        """uint8 [H, W, 3] -> first-frame latent [C, 1, H', W'] at height x width (resized, centre-cropped)."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"first frame must be a uint8 image [H, W, 3], got {image.dtype} {image.shape}")
@@ -134,5 +147,4 @@ class Generator:
         x = torch.nn.functional.interpolate(x, size=size, mode="area" if s < 1 else "bilinear", align_corners=None)
         top, left = (size[0] - height) // 2, (size[1] - width) // 2
         x = x[:, :, top:top + height, left:left + width]                        # [1, 3, height, width]
-        latent = self.vae.encode(x[:, :, None].to(self.device))[0]             # [C, 1, H', W']
-        return patchify(latent, self.cfg.model.patch)
+        return self.vae.encode(x[:, :, None].to(self.device))[0]               # [C, 1, H', W']

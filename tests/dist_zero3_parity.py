@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from sora.config import load_config
-from sora.data.packing import PackItem, concat_packs, pack
+from sora.data.packing import PackItem, pack
 from sora.diffusion.flow import first_frame_tokens
 from sora.models.t2v import TextToVideo
 from sora.parallel.dims import init_distributed
@@ -21,18 +21,20 @@ from sora.train.trainer import build_engine, flow_matching_loss, step_input
 CAPS = ["a red circle moving left", "a blue square moving up", "", "a white triangle moving down"]
 
 
-def make_pack(step, which, in_dim, cfg):
-    """Deterministic pack + its noise, times and given tokens; sizes differ per pack (images and
-    videos); one video trains image-to-video (first frame given), the other whole."""
+def make_pack(step, which, cfg):
+    """Deterministic samples (latents [C, T, H, W]) + their noise, times and given tokens; sizes
+    differ per pack (images and videos); one video trains image-to-video (first frame given), the
+    other whole."""
     g = torch.Generator().manual_seed(1000 * step + which)
     grids = [(1, 2, 3), (3, 2, 2), (1, 1, 1)] if which == 0 else [(5, 2, 3), (1, 4, 4)]
-    items = [PackItem(torch.randn(t * h * w, in_dim, generator=g), (t, h, w), CAPS[(i + which) % 4], f"{which}-{i}")
-             for i, (t, h, w) in enumerate(grids)]
+    (pt, ph, pw), c = cfg.model.patch, cfg.vae.latent_channels
+    items = [PackItem(torch.randn(c, t * pt, h * ph, w * pw, generator=g), (t, h, w), CAPS[(i + which) % 4],
+                      f"{which}-{i}") for i, (t, h, w) in enumerate(grids)]
     b = pack(items)
     t = torch.rand(b.num_samples, generator=g)
-    noise = torch.randn(tuple(b.x.shape), generator=g)
+    noise = torch.randn(tuple(b.latents.shape), generator=g)
     given = first_frame_tokens(b.cu_seqlens, b.grid, torch.arange(b.num_samples) % 2 == 1)
-    return b, t, noise, given
+    return items, t, noise, given
 
 
 def main(out_path, steps):
@@ -52,13 +54,15 @@ def main(out_path, steps):
 
     record = {}
     for step in range(steps):
-        packs = [make_pack(step, w, model.dit.in_dim, cfg) for w in range(2)]
-        if dims.world == 1:
-            batch = concat_packs([p[0] for p in packs])
+        packs = [make_pack(step, w, cfg) for w in range(2)]
+        if dims.world == 1:   # one rank: both ranks' packs as one
+            batch = pack(packs[0][0] + packs[1][0])
             t, noise, given = (torch.cat([p[i] for p in packs]) for i in (1, 2, 3))
         else:
-            batch, t, noise, given = packs[dims.rank]
-        objective, loss, tokens = flow_matching_loss(engine, step_input(batch, t, noise, given, dims, None))
+            items, t, noise, given = packs[dims.rank]
+            batch = pack(items)
+        inp = step_input(batch, t, noise, given, cfg, engine.module.dit.kernels, dims)
+        objective, loss, tokens = flow_matching_loss(engine, inp, batch.values_per_token)
         engine.backward(objective)
         if step == 0:
             for name, p in engine.module.named_parameters():

@@ -237,7 +237,7 @@ def test_rope_matches_reference(device, heads, sections):
     for dtype in dtypes(device):
         x = torch.randn(n, heads, d, device=device).to(dtype).requires_grad_()
         g = torch.randn(n, heads, d, device=device).to(dtype)
-        out = fn(x, cu, grid, sections, theta)
+        out = fn(x, None, cu, grid, sections, theta)[0]     # rope_qk with k=None: one tensor
         (dx,) = torch.autograd.grad(out, x, g)
         x64 = x.detach().double().requires_grad_()
         ref64 = apply_rope_torch(x64, cu, grid, sections, theta)
@@ -407,7 +407,7 @@ def test_cpu_kernels_split_across_threads():
     cu, grid = packing(GRIDS * 12 + [(0, 1, 1)] * 3 + [(1, 1, 1)])
     n = int(cu[-1])
     x = torch.randn(n, 4, 32)
-    assert rel(ROPE_IMPLEMENTATIONS["cpp"](x, cu, grid, (8, 12, 12), 100.0),
+    assert rel(ROPE_IMPLEMENTATIONS["cpp"](x, None, cu, grid, (8, 12, 12), 100.0)[0],
                apply_rope_torch(x.double(), cu, grid, (8, 12, 12), 100.0)) < 1e-5
     lat = torch.randn(n * 4 * 8)
     assert torch.equal(PATCHIFY_IMPLEMENTATIONS["cpp"](lat, cu, grid, (2, 2, 2), 4),

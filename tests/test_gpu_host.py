@@ -214,7 +214,7 @@ def test_gpu_smoke_script_runs(tmp_path):
     failed = [(c["check"], c.get("error")) for c in result["checks"] if not c["ok"]]
     assert r.returncode == 0 and result["all_ok"] and not failed, (failed, r.stdout[-3000:], r.stderr[-3000:])
     names = {c["check"] for c in result["checks"]}
-    assert {"attention self causal", "attention cross GQA", "rope triton", "adaln triton", "patch embed",
+    assert {"attention self causal", "attention cross GQA", "rope q+k triton", "adaln triton", "patch embed",
             "patch unembed", "patchify triton", "dit 2 steps triton", "dit 2 steps auto"} <= names, names
 
 

@@ -116,11 +116,6 @@ def test_validation(change, message):
         job.render()
 
 
-def test_default_output_dir():
-    assert slurm.default_output_dir(["train", "c.yaml", "run.dir=a", "run.dir=b"]) == "b"
-    assert slurm.default_output_dir(["train", "c.yaml"]) == "runs/slurm"
-
-
 def _fake_bin(tmp_path, name, body):
     path = tmp_path / "bin" / name
     path.parent.mkdir(exist_ok=True)

@@ -53,15 +53,21 @@ def tiny_model(**over):
     return model, cfg
 
 
-def packed_inputs(grids, channels, seed=0):
+def packed_inputs(grids, model, seed=0):
+    """Random packed latents [N*P] for token grids (B, 3), with cu_seqlens, grid and times."""
     g = torch.Generator().manual_seed(seed)
     grid = torch.tensor(grids, dtype=torch.int32)
     lens = grid.prod(1)
     cu = torch.zeros(len(grids) + 1, dtype=torch.int32)
     cu[1:] = lens.cumsum(0)
-    x = torch.randn(int(cu[-1]), channels, generator=g)
+    x = torch.randn(int(cu[-1]) * model.dit.in_dim, generator=g)
     t = torch.rand(len(grids), generator=g)
-    return x, cu, int(lens.max()), grid, t
+    return x, cu, grid, t
+
+
+def rows(x, cu, b, p):
+    """Sample b's latent values in packed latents x [N*P]."""
+    return x[int(cu[b]) * p:int(cu[b + 1]) * p]
 
 
 GRIDS = [[1, 3, 5], [5, 4, 4], [1, 1, 1], [3, 2, 7]]   # image, video, single token, odd video
@@ -70,10 +76,10 @@ CAPTIONS = ["a red circle moving left", "a blue square moving up", "", "a white 
 
 def test_dit_forward_backward_mixed_sizes():
     model, cfg = tiny_model()
-    x, cu, mx, grid, t = packed_inputs(GRIDS, model.dit.in_dim)
+    x, cu, grid, t = packed_inputs(GRIDS, model)
     x.requires_grad_(True)
     given = first_frame_tokens(cu, grid, torch.ones(len(GRIDS), dtype=torch.bool))   # the videos' first frames
-    out = model(x, cu, mx, grid, t, CAPTIONS, given=given)
+    out = model(x, model.layout(cu, grid), t, CAPTIONS, given=given)
     assert out.shape == x.shape and torch.isfinite(out).all()
     out.pow(2).mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
@@ -82,44 +88,46 @@ def test_dit_forward_backward_mixed_sizes():
 
 
 def test_samples_do_not_interact():
-    """Perturbing one sample's tokens, time or caption changes no other sample's output."""
+    """Perturbing one sample's latent, time or caption changes no other sample's output."""
     model, _ = tiny_model()
     model.eval()
-    x, cu, mx, grid, t = packed_inputs(GRIDS, model.dit.in_dim)
+    x, cu, grid, t = packed_inputs(GRIDS, model)
+    p, layout = model.dit.in_dim, model.layout(cu, grid)
     with torch.no_grad():
-        base = model(x, cu, mx, grid, t, CAPTIONS)
+        base = model(x, layout, t, CAPTIONS)
         x2 = x.clone()
-        x2[cu[1]:cu[2]] += torch.randn_like(x2[cu[1]:cu[2]])
+        rows(x2, cu, 1, p).add_(torch.randn_like(rows(x2, cu, 1, p)))
         t2 = t.clone()
         t2[1] = 0.123
         caps = list(CAPTIONS)
         caps[1] = "a green triangle moving right"
-        out = model(x2, cu, mx, grid, t2, caps)
-    changed = out[cu[1]:cu[2]]
-    assert not torch.allclose(changed, base[cu[1]:cu[2]])
+        out = model(x2, layout, t2, caps)
+    assert not torch.allclose(rows(out, cu, 1, p), rows(base, cu, 1, p))
     for b in (0, 2, 3):
-        torch.testing.assert_close(out[cu[b]:cu[b + 1]], base[cu[b]:cu[b + 1]], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(rows(out, cu, b, p), rows(base, cu, b, p), rtol=1e-5, atol=1e-6)
 
 
 def test_packed_equals_one_by_one():
     model, _ = tiny_model()
     model.eval()
-    x, cu, mx, grid, t = packed_inputs(GRIDS, model.dit.in_dim, seed=3)
+    x, cu, grid, t = packed_inputs(GRIDS, model, seed=3)
+    p = model.dit.in_dim
     with torch.no_grad():
-        packed = model(x, cu, mx, grid, t, CAPTIONS)
+        packed = model(x, model.layout(cu, grid), t, CAPTIONS)
         for b in range(len(GRIDS)):
-            s, e = int(cu[b]), int(cu[b + 1])
-            one = model(x[s:e], torch.tensor([0, e - s], dtype=torch.int32), e - s, grid[b:b + 1], t[b:b + 1], [CAPTIONS[b]])
-            torch.testing.assert_close(packed[s:e], one, rtol=1e-5, atol=1e-6)
+            n = int(cu[b + 1] - cu[b])
+            one = model(rows(x, cu, b, p), model.layout(torch.tensor([0, n], dtype=torch.int32), grid[b:b + 1]),
+                        t[b:b + 1], [CAPTIONS[b]])
+            torch.testing.assert_close(rows(packed, cu, b, p), one, rtol=1e-5, atol=1e-6)
 
 
 def test_activation_checkpointing_same_gradients():
     model, _ = tiny_model()
     ck, _ = tiny_model(**{"model.checkpointing": "true"})
     ck.load_state_dict(model.state_dict())
-    x, cu, mx, grid, t = packed_inputs(GRIDS, model.dit.in_dim)
+    x, cu, grid, t = packed_inputs(GRIDS, model)
     for m in (model, ck):
-        m(x, cu, mx, grid, t, CAPTIONS).pow(2).sum().backward()
+        m(x, m.layout(cu, grid), t, CAPTIONS).pow(2).sum().backward()
     for (n, a), (_, b) in zip(model.named_parameters(), ck.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=n)
 
@@ -130,10 +138,8 @@ def test_text_to_video_runs_in_bfloat16():
 
     cfg = load_config(None, ["model.depth=1", "model.width=48", "model.heads=4"])
     model = TextToVideo(cfg).to(torch.bfloat16)
-    in_dim = model.dit.in_dim
-    x = torch.randn(24 + 4, in_dim, dtype=torch.bfloat16)
-    cu = torch.tensor([0, 24, 28], dtype=torch.int32)
-    grid = torch.tensor([[1, 4, 6], [1, 2, 2]], dtype=torch.int32)
-    out = model(x, cu, 24, grid, torch.tensor([0.5, 0.9], dtype=torch.bfloat16), ["a red circle moving left", ""])
+    x = torch.randn((24 + 4) * model.dit.in_dim, dtype=torch.bfloat16)
+    layout = model.layout(torch.tensor([0, 24, 28], dtype=torch.int32), torch.tensor([[1, 4, 6], [1, 2, 2]], dtype=torch.int32))
+    out = model(x, layout, torch.tensor([0.5, 0.9], dtype=torch.bfloat16), ["a red circle moving left", ""])
     out.float().square().mean().backward()
     assert out.dtype == torch.bfloat16 and out.shape == x.shape and torch.isfinite(out.float()).all()

@@ -172,14 +172,16 @@ def test_adaln_matches_per_sample(lens):
 def test_backend_resolution(monkeypatch):
     from sora.ops import _ext
     # auto on CPU: the compiled C++ RoPE when sora._C is built (tests/test_csrc.py), else the reference
-    assert select_kernels().names == {"attention": "torch", "rope": "cpp" if _ext.AVAILABLE else "torch",
-                                      "adaln": "torch"}
+    compiled = "cpp" if _ext.AVAILABLE else "torch"
+    assert select_kernels().names == {"attention": "torch", "adaln": "torch", **{
+        op: compiled for op in ("rope", "patch_embed", "patch_unembed", "patchify", "unpatchify", "packing_index")}}
     monkeypatch.setenv("SORA_KERNEL_BACKEND", "torch")
     assert select_kernels(configured="auto").names["rope"] == "torch"
     # triton registers wherever Triton imports (tests/test_triton_kernels.py runs it); flash-attn is optional
     try:
         import triton  # noqa: F401
-        assert set(select_kernels(backend="triton").names.values()) == {"triton"}
+        names = select_kernels(backend="triton").names    # the packing index has no Triton kernel: auto serves it
+        assert names.pop("packing_index") == compiled and set(names.values()) == {"triton"}
     except ImportError:
         with pytest.raises(BackendUnavailable, match="triton"):
             select_kernels(backend="triton")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from sora.data.packing import PackItem, concat_packs, pack, take_best_fit
+from sora.data.packing import PackItem, pack, take_best_fit
 from sora.data.pipeline import target_shape, to_model_video, tokens_for
 from sora.ops.packing_index import check_packing, token_positions
 
@@ -27,7 +27,7 @@ def test_to_model_video_range_and_shape():
 
 def items_of(sizes, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [PackItem(torch.randn(t * h * w, 4, generator=g), (t, h, w), f"c{i}", f"k{i}") for i, (t, h, w) in enumerate(sizes)]
+    return [PackItem(torch.randn(4, t, h, w, generator=g), (t, h, w), f"c{i}", f"k{i}") for i, (t, h, w) in enumerate(sizes)]
 
 
 def test_pack_fields_and_positions():
@@ -38,9 +38,8 @@ def test_pack_fields_and_positions():
     check_packing(b.cu_seqlens, b.grid, b.num_tokens)
     pos = token_positions(b.cu_seqlens, b.grid)
     assert pos[15].tolist() == [0, 0, 0] and pos[94].tolist() == [4, 3, 3] and pos[95].tolist() == [0, 0, 0]
-    torch.testing.assert_close(b.x[15:95], items[1].tokens)
-    both = concat_packs([b, pack(items_of([(2, 2, 2)], 1), 8)])
-    assert both.num_samples == 4 and both.budget == 208
+    assert b.values_per_token == 4
+    torch.testing.assert_close(b.latents[15 * 4:95 * 4], items[1].latent.reshape(-1))
     with pytest.raises(ValueError):
         pack([])
 
@@ -60,9 +59,9 @@ def test_best_fit_fills_budget_and_loses_nothing():
             break
         picked = take_best_fit(buffer, 512)
         assert picked, "nothing fits although every sample is within the budget"
-        assert sum(p.tokens.shape[0] for p in picked) <= 512
+        assert sum(p.num_tokens for p in picked) <= 512
         seen += len(picked)
-        packs.append(sum(p.tokens.shape[0] for p in picked))
+        packs.append(sum(p.num_tokens for p in picked))
     assert seen == len(sizes)                       # every sample packed exactly once
     full = packs[: len(packs) - 3]                  # the tail drains a nearly empty buffer
     assert np.mean(full) / 512 > 0.95
@@ -113,4 +112,4 @@ def test_latent_cache_is_bounded_and_eviction_changes_nothing():
         calls[size] = len(encoded)
     assert calls[1024] == 10 < calls[3]                           # all cached vs evicted and re-encoded
     for a, b in zip(packs[1024], packs[3]):
-        assert a.keys == b.keys and torch.equal(a.x, b.x) and torch.equal(a.cu_seqlens, b.cu_seqlens)
+        assert a.keys == b.keys and torch.equal(a.latents, b.latents) and torch.equal(a.cu_seqlens, b.cu_seqlens)

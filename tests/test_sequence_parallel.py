@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sora.ops.layout import build_layout
 from sora.ops.packing_index import token_positions
-from sora.parallel.sequence import shard_rows, shard_sequence
+from sora.parallel.sequence import padded_packing, shard_layout, shard_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,31 +35,64 @@ def test_shards_cover_the_pack_once_with_global_positions(sp):
     n = int(cu[-1])
     x = torch.randn(n, 3, generator=g)
     full_pos = token_positions(cu, grid)                                   # [N, 3]
+    padded = build_layout(*padded_packing(cu, grid, sp))
+    assert padded.num_tokens == -(-n // sp) * sp and padded.grid.shape == (len(grids) + 1, 3)
     rows, positions, samples = [], [], []
     for r in range(sp):
-        s = shard_sequence(cu, grid, sp, r)
-        assert s.hi - s.lo == -(-n // sp)
+        s = shard_layout(padded, sp, r)
+        lo, hi = s.rows
+        real = max(0, min(hi, n) - lo)
+        assert hi - lo == -(-n // sp) and s.whole is padded
         local = shard_rows(x, s)
-        assert local.shape[0] == s.hi - s.lo and int(s.cu_seqlens[-1]) == local.shape[0]
-        assert torch.all(local[s.local_real:] == 0)                        # the pad is zeros, at the end
-        rows.append(local[:s.local_real])
-        seg_grid = s.full_grid[s.segment_sample]
-        pos = token_positions(s.cu_seqlens, seg_grid, s.segment_offset)   # global (t, h, w) of each token
-        positions.append(pos[:s.local_real])
-        sid = torch.repeat_interleave(s.segment_sample, (s.cu_seqlens[1:] - s.cu_seqlens[:-1]).long())
-        samples.append(sid[:s.local_real])
-        assert torch.all(sid[s.local_real:] == len(grids))                 # pad tokens belong to the pad sample
+        assert local.shape[0] == hi - lo and int(s.cu_seqlens[-1]) == local.shape[0] == s.num_tokens
+        assert torch.all(local[real:] == 0)                                # the pad is zeros, at the end
+        rows.append(local[:real])
+        # the slice's positions (taken from the whole) equal those derived from its segments' offsets
+        assert torch.equal(s.positions, token_positions(s.cu_seqlens, s.grid, s.offset))
+        positions.append(s.positions[:real])
+        sid = torch.repeat_interleave(torch.arange(s.num_segments), (s.cu_seqlens[1:] - s.cu_seqlens[:-1]).long())
+        assert torch.equal(s.sample_index, sid)                            # segment of each token
+        seg_sample = padded.sample_index[lo + s.cu_seqlens[:-1].long()]    # sample of each segment
+        samples.append(seg_sample[sid][:real])
+        assert torch.all(seg_sample[sid][real:] == len(grids))             # pad tokens belong to the pad sample
     assert torch.equal(torch.cat(rows), x)
     assert torch.equal(torch.cat(positions), full_pos)
     assert torch.equal(torch.cat(samples), torch.repeat_interleave(torch.arange(len(grids)), (cu[1:] - cu[:-1]).long()))
-    s = shard_sequence(cu, grid, sp, 0)
-    assert int(s.full_cu_seqlens[-1]) == sp * (s.hi - s.lo) and s.full_grid.shape == (len(grids) + 1, 3)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
+def test_patch_embedding_of_slices_equals_the_whole_packs_rows(backend):
+    """A slice embeds exactly its rows of the whole pack (pad rows: the bias), and the slices'
+    unpatchified outputs add up to the whole pack's, each filling only its own tokens' values."""
+    from sora.ops import select_kernels
+
+    kernels = select_kernels(backend=backend)
+    g = torch.Generator().manual_seed(7)
+    cu, grid = _pack([(1, 2, 3), (3, 2, 2), (1, 1, 1), (2, 1, 3)])
+    patch, c, d = (1, 2, 2), 3, 8
+    p = c * 4
+    latents = torch.randn(int(cu[-1]) * p, generator=g)
+    w, b = torch.randn(d, p, generator=g), torch.randn(d, generator=g)
+    w2, b2 = torch.randn(p, d, generator=g), torch.randn(p, generator=g)
+    whole = kernels.layout(cu, grid)
+    h = kernels.patch_embed(latents, whole, patch, c, w, b)                       # [N, D]
+    out = kernels.patch_unembed(h, whole, patch, c, w2, b2, latents.numel())      # [N*P]
+    sp = 3
+    padded = kernels.layout(*padded_packing(cu, grid, sp))
+    total = torch.zeros_like(out)
+    for r in range(sp):
+        s = shard_layout(padded, sp, r)
+        lo, hi = s.rows
+        hs = kernels.patch_embed(latents, s, patch, c, w, b)
+        torch.testing.assert_close(hs, torch.cat([h, b.expand(padded.num_tokens - h.shape[0], d)])[lo:hi])
+        total += kernels.patch_unembed(hs, s, patch, c, w2, b2, latents.numel())
+    torch.testing.assert_close(total, out)
 
 
 def test_bad_rank_is_refused():
     cu, grid = _pack([(1, 2, 2)])
     with pytest.raises(ValueError, match="rank 2 is outside 0..1"):
-        shard_sequence(cu, grid, 2, 2)
+        shard_layout(build_layout(*padded_packing(cu, grid, 2)), 2, 2)
 
 
 # ---------------------------------------------------------------- through the command line

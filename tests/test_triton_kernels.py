@@ -247,8 +247,11 @@ GPU_ROPE_CASES = [
 @pytest.mark.parametrize("grids,h,hk,sections,theta,interleaved,dtype,device",
                          _on_devices(ROPE_CASES, GPU_ROPE_CASES))
 def test_rope_matches_reference(grids, h, hk, sections, theta, interleaved, dtype, device):
-    from kernels.rope import rope_3d, rope_3d_qk
+    from kernels.rope import rope_3d_qk
     cu, grid = _packing(grids, device)
+
+    def rope_3d(x, *args, **kw):   # one tensor: k=None
+        return rope_3d_qk(x, None, *args, **kw)[0]
     n, d = int(cu[-1]), sum(sections)
     q, k = torch.randn(n, h, d, dtype=dtype, device=device), torch.randn(n, hk, d, dtype=dtype, device=device)
     ref = _interleave_ref if interleaved else (lambda x, *a: apply_rope_torch(x, *a))
@@ -273,26 +276,31 @@ def test_rope_triton_backend_gradients_through_dispatch():
     from sora.ops import rope as rope_op
     cu, grid = _packing([(1, 1, 1), (2, 3, 5), (1, 2, 9)])
     sections = (8, 12, 12)
-    x = torch.randn(int(cu[-1]), 3, 32, requires_grad=True)
-    g = torch.randn_like(x)
-    fn = rope_op.IMPLEMENTATIONS["triton"]
+    q = torch.randn(int(cu[-1]), 3, 32, requires_grad=True)
+    k = torch.randn(int(cu[-1]), 1, 32, requires_grad=True)
+    gq, gk = torch.randn_like(q), torch.randn_like(k)
+    fn = rope_op.IMPLEMENTATIONS["triton"]                      # the fused q+k kernel self-attention calls
     assert fn is not None
-    (dx,) = torch.autograd.grad(fn(x, cu, grid, sections, 10000.0), x, g)
-    x64 = x.detach().double().requires_grad_()
-    (ref,) = torch.autograd.grad(apply_rope_torch(x64, cu, grid, sections, 10000.0), x64, g.double())
-    assert _rel(dx, ref) < FP32_BOUND
+    qo, ko = fn(q, k, cu, grid, sections, 10000.0)
+    dq, dk = torch.autograd.grad((qo, ko), (q, k), (gq, gk))
+    for x, g, got in ((q, gq, dq), (k, gk, dk)):
+        x64 = x.detach().double().requires_grad_()
+        (ref,) = torch.autograd.grad(apply_rope_torch(x64, cu, grid, sections, 10000.0), x64, g.double())
+        assert _rel(got, ref) < FP32_BOUND
 
 
 def test_rope_bad_input():
-    from kernels.rope import rope_3d
+    from kernels.rope import rope_3d_qk
     cu, grid = _packing([(1, 2, 3)])
     x = torch.randn(6, 2, 32)
     with pytest.raises(ValueError, match="sections"):
-        rope_3d(x, cu, grid, (8, 12, 10 + 1))
+        rope_3d_qk(x, x, cu, grid, (8, 12, 10 + 1))
     with pytest.raises(ValueError, match="grid"):
-        rope_3d(x, cu, grid.long(), (8, 12, 12))
+        rope_3d_qk(x, x, cu, grid.long(), (8, 12, 12))
     with pytest.raises(ValueError, match="grid"):
-        rope_3d(x, cu, torch.tensor([[1, 2, 2]], dtype=torch.int32), (8, 12, 12))
+        rope_3d_qk(x, None, cu, torch.tensor([[1, 2, 2]], dtype=torch.int32), (8, 12, 12))
+    with pytest.raises(ValueError, match="dtype"):
+        rope_3d_qk(x, x.double(), cu, grid, (8, 12, 12))
 
 
 # --------------------------------------------------------------------------------------- adaLN
@@ -439,12 +447,14 @@ def test_patch_ops_dispatch_to_triton():
 # ------------------------------------------------------------------------------ model-level
 
 def test_tiny_dit_triton_backend_matches_torch_backend():
-    """Every op of a tiny DiT on the Triton backend: outputs and all gradients match the torch backend."""
+    """Every op of a tiny DiT on the Triton backend (the fused patch embedding and unpatchify, fused
+    q+k RoPE, varlen attention, adaLN): outputs and all gradients match the torch backend."""
     from sora.models.dit import DiT
     torch.manual_seed(torch.randint(0, 2**31 - 1, ()).item())  # fresh, but both models share weights
-    models = {name: DiT(in_dim=16, width=64, depth=1, heads=2, text_dim=24, backend=name)
+    models = {name: DiT(channels=4, patch=(1, 2, 2), width=64, depth=1, heads=2, text_dim=24, backend=name)
               for name in ("torch", "triton")}
-    assert set(models["triton"].kernels.names.values()) == {"triton"}
+    names = dict(models["triton"].kernels.names)
+    assert names.pop("packing_index") != "triton" and set(names.values()) == {"triton"}
     with torch.no_grad():  # random everywhere, zero-initialised gates and final layer included
         for p in models["torch"].parameters():
             p.copy_(torch.randn_like(p) * 0.3)
@@ -452,14 +462,14 @@ def test_tiny_dit_triton_backend_matches_torch_backend():
     cu, grid = _packing([(1, 2, 3), (2, 3, 3), (1, 1, 1)])
     cu_ctx = _cu([3, 5, 2])
     n = int(cu[-1])
-    x, t, ctx = torch.randn(n, 16), torch.rand(3), torch.randn(10, 24)
-    g = torch.randn(n, 16)
+    x, t, ctx = torch.randn(n * 16), torch.rand(3), torch.randn(10, 24)   # packed latents [N*P], P = 4*1*2*2
+    g = torch.randn(n * 16)
     given = torch.zeros(n, dtype=torch.bool)
     given[6:15] = True                          # the 2x3x3 clip's first frame, given clean
     res = {}
     for name, m in models.items():
         xi = x.clone().requires_grad_()
-        out = m(xi, cu, 18, grid, t, ctx, cu_ctx, 5, given=given)
+        out = m(xi, m.kernels.layout(cu, grid), t, ctx, cu_ctx, given=given)
         grads = torch.autograd.grad(out, [xi, *m.parameters()], g)
         res[name] = (out, grads)
     assert _rel(res["triton"][0], res["torch"][0]) < 1e-5
@@ -508,7 +518,7 @@ def test_every_launch_finds_the_scratch_allocator_in_its_own_thread(monkeypatch)
         return run(self, *args, **kwargs)
     monkeypatch.setattr(interpreter.InterpretedFunction, "run", recording_run)
 
-    from kernels import adaln_modulate, patch_embed, patch_unembed, rope_3d
+    from kernels import adaln_modulate, patch_embed, patch_unembed, rope_3d_qk
     from sora.ops.rope import RopeFunction
     cu, grid = _packing([(1, 2, 3), (2, 2, 2)])
     n = int(cu[-1])
@@ -520,7 +530,7 @@ def test_every_launch_finds_the_scratch_allocator_in_its_own_thread(monkeypatch)
     def forward():
         L = leaves
         att = flash_attn_varlen_func(L["q"], L["q"], L["q"], cu, cu, 8, 8, causal=True)
-        rot = RopeFunction.apply(L["q"], cu, grid, (4, 6, 6), 100.0, rope_3d)
+        rot = sum(RopeFunction.apply(L["q"], L["q"], cu, grid, (4, 6, 6), 100.0, rope_3d_qk))
         mod = adaln_modulate(L["x"], L["shift"], L["scale"], cu)
         tok = patch_embed(L["lat"], cu, grid, (1, 1, 1), 4, L["w"])
         lat = patch_unembed(tok, cu, grid, (1, 1, 1), 4, L["w"].t().contiguous())

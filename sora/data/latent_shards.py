@@ -18,13 +18,13 @@ import itertools
 import json
 import logging
 import os
-import tarfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from sora.data.atomic import write_json_atomic, write_shard_atomic  # noqa: F401 (sora preprocess imports them from here)
 from sora.data.pipeline import epoch_shard_order, mix_images, shuffle_buffered
 from sora.data.shards import SkipStats, _iter_groups, _parse_json
 
@@ -41,31 +41,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return json.loads((Path(path) / MANIFEST).read_text())
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
-
-
-def write_shard_atomic(path: Path, members: list[tuple[str, bytes]]) -> None:
-    """A tar written to PATH.tmp, then renamed: a shard under its final name is always complete.
-    Members carry no time, owner or mode of this machine, so the bytes depend on the content only."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                tf.addfile(info, io.BytesIO(data))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def _load_npy(data: bytes) -> np.ndarray:

@@ -16,7 +16,6 @@ import torch
 from sora.data.packing import PackedBatch, PackItem, pack, take_best_fit
 from sora.data.pipeline import MAX_FPS_STRIDE, epoch_shard_order, mix_images, prepare_sample, shuffle_buffered
 from sora.data.shards import SkipStats, iter_shard_samples
-from sora.ops.patchify import patchify
 
 log = logging.getLogger("sora.data")
 
@@ -115,7 +114,7 @@ class PackedLoader:
             self.cache.move_to_end(key)
         else:
             latent = self.encode(video)                                  # [C, T', H', W']
-            self.cache[key] = (patchify(latent, self.patch), self._token_grid(latent.shape))
+            self.cache[key] = (latent, self._token_grid(latent.shape))
             if len(self.cache) > self.cache_items:
                 self.cache.popitem(last=False)
         return self.cache[key]
@@ -159,9 +158,9 @@ class PackedLoader:
     def __next__(self) -> PackedBatch:
         items = []
         for p in self._take():
-            tokens, grid = self._latent(p.key, p.video)
+            latent, grid = self._latent(p.key, p.video)
             if grid != p.grid:
                 raise RuntimeError(f"sample {p.key}: encoded to a {grid} token grid, packed as {p.grid} "
                                    "(latent_shape disagrees with the encoder)")
-            items.append(PackItem(tokens, grid, p.caption, p.key))
+            items.append(PackItem(latent, grid, p.caption, p.key))
         return pack(items, self.budget)

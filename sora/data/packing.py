@@ -8,8 +8,8 @@ import torch
 
 @dataclass
 class PackedBatch:
-    x: torch.Tensor              # [N, P] clean latent patches of all samples, concatenated
-    cu_seqlens: torch.Tensor     # [B+1] int32 prefix sums of token counts
+    latents: torch.Tensor        # [N*P] clean latents: every sample's [C, T', H', W'] flattened, concatenated
+    cu_seqlens: torch.Tensor     # [B+1] int32 prefix sums of token counts (sample b's latent starts at cu[b]*P)
     max_seqlen: int
     grid: torch.Tensor           # [B, 3] int32 token grid (T', H', W') per sample
     captions: list[str]
@@ -18,7 +18,12 @@ class PackedBatch:
 
     @property
     def num_tokens(self) -> int:
-        return int(self.x.shape[0])
+        return int(self.cu_seqlens[-1])
+
+    @property
+    def values_per_token(self) -> int:
+        """P = C*pt*ph*pw: latent values per token."""
+        return self.latents.numel() // max(1, self.num_tokens)
 
     @property
     def num_samples(self) -> int:
@@ -29,42 +34,33 @@ class PackedBatch:
         return self.num_tokens / self.budget if self.budget else 1.0
 
     def to(self, device, dtype=None) -> "PackedBatch":
-        return PackedBatch(self.x.to(device, dtype or self.x.dtype), self.cu_seqlens.to(device), self.max_seqlen,
-                           self.grid.to(device), self.captions, self.keys, self.budget)
+        return PackedBatch(self.latents.to(device, dtype or self.latents.dtype), self.cu_seqlens.to(device),
+                           self.max_seqlen, self.grid.to(device), self.captions, self.keys, self.budget)
 
 
 @dataclass
 class PackItem:
-    tokens: torch.Tensor         # [n, P]
-    grid: tuple[int, int, int]
+    latent: torch.Tensor         # [C, T', H', W']
+    grid: tuple[int, int, int]   # its token grid: (T', H', W') / patch
     caption: str
     key: str
 
     @property
     def num_tokens(self) -> int:
-        return int(self.tokens.shape[0])
+        return self.grid[0] * self.grid[1] * self.grid[2]
 
 
 def pack(items: list[PackItem], budget: int = 0) -> PackedBatch:
     if not items:
         raise ValueError("cannot pack an empty list of samples")
-    lens = torch.tensor([it.tokens.shape[0] for it in items], dtype=torch.int32)
+    lens = torch.tensor([it.num_tokens for it in items], dtype=torch.int32)
     cu = torch.zeros(len(items) + 1, dtype=torch.int32)
     cu[1:] = lens.cumsum(0)
-    return PackedBatch(x=torch.cat([it.tokens for it in items]), cu_seqlens=cu, max_seqlen=int(lens.max()),
+    return PackedBatch(latents=torch.cat([it.latent.reshape(-1) for it in items]), cu_seqlens=cu,
+                       max_seqlen=int(lens.max()),
                        grid=torch.tensor([it.grid for it in items], dtype=torch.int32),
                        captions=[it.caption for it in items], keys=[it.key for it in items],
                        budget=budget or int(cu[-1]))
-
-
-def concat_packs(packs: list[PackedBatch]) -> PackedBatch:
-    """Several packs as one (e.g. what a single rank would see for all data-parallel ranks)."""
-    items = []
-    for p in packs:
-        for b in range(p.num_samples):
-            s, e = int(p.cu_seqlens[b]), int(p.cu_seqlens[b + 1])
-            items.append(PackItem(p.x[s:e], tuple(p.grid[b].tolist()), p.captions[b], p.keys[b] if p.keys else ""))
-    return pack(items, budget=sum(p.budget for p in packs))
 
 
 def take_best_fit(buffer: list, budget: int) -> list:

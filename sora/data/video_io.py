@@ -51,33 +51,70 @@ def _rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
     return np.concatenate([p.reshape(-1) for p in planes]).reshape(h * 3 // 2, w)  # PyAV's flat Y|U|V layout
 
 
+class Mp4Encoder:
+    """Streaming uint8 [H, W, 3] frames -> mp4 bytes (h264 yuv420p), one frame at a time, so a long
+    clip never sits in memory as raw frames. `crf` 10 is near-lossless (flat synthetic colours survive);
+    real footage needs less (`sora ingest` uses 18, visually lossless). `exact`: RGB -> YUV in numpy,
+    so the bytes do not depend on the CPU (the synthetic dataset is byte-identical per seed);
+    otherwise FFmpeg's swscale does it, several times faster (same on one machine, not across CPUs)."""
+
+    def __init__(self, height: int, width: int, fps: float, crf: int = 10, exact: bool = True):
+        if height % 2 or width % 2 or height < 2 or width < 2:
+            raise ValueError(f"mp4 needs even H, W >= 2 (yuv420p); got H={height}, W={width}")
+        self.height, self.width, self.frames, self._open, self.exact = height, width, 0, True, exact
+        self._buf = io.BytesIO()
+        self._container = av.open(self._buf, mode="w", format="mp4")
+        codec = _video_codec()
+        self._stream = self._container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        self._stream.thread_count = 1  # tiny frames: threads cost more than they save
+        if codec == "libx264":
+            # mbtree's lookahead gave run-to-run different bytes on these tiny clips; without it (and
+            # B-frames) x264 is deterministic, which the per-seed byte-identical dataset needs.
+            self._stream.options = {"crf": str(crf), "preset": "veryfast", "x264-params": "mbtree=0:bframes=0"}
+        else:
+            self._stream.bit_rate = 8_000_000
+            self._stream.options = {"qmin": "1", "qmax": "3"}  # near-constant high quality
+
+    def add(self, frame: np.ndarray) -> None:
+        _check_frames(frame, 3)
+        if frame.shape[:2] != (self.height, self.width):
+            raise ValueError(f"frame {frame.shape[:2]} differs from the stream's {(self.height, self.width)}")
+        if self.exact:
+            vf = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(frame), format="yuv420p")
+        else:
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")   # BT.601, limited
+        vf.pts = self.frames
+        self.frames += 1
+        for packet in self._stream.encode(vf):
+            self._container.mux(packet)
+
+    def finish(self) -> bytes:
+        """Flush delayed frames, close the file, return its bytes."""
+        if self.frames < 1:
+            raise ValueError("mp4 needs at least one frame")
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self.close()
+        return self._buf.getvalue()
+
+    def close(self) -> None:
+        """Close the file (after finish(), or to drop an unfinished clip)."""
+        if self._open:
+            self._open = False
+            self._container.close()
+
+
 def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
     """uint8 [T, H, W, 3] -> mp4 bytes (yuv420p, near-lossless so flat colours survive)."""
     _check_frames(frames, 4)
     t, h, w, _ = frames.shape
     if t < 1 or h % 2 or w % 2:
         raise ValueError(f"mp4 needs T >= 1 and even H, W (yuv420p); got T={t}, H={h}, W={w}")
-    codec = _video_codec()
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.thread_count = 1  # tiny frames: threads cost more than they save
-        if codec == "libx264":
-            # mbtree's lookahead gave run-to-run different bytes on these tiny clips; without it (and
-            # B-frames) x264 is deterministic, which the per-seed byte-identical dataset needs.
-            stream.options = {"crf": "10", "preset": "veryfast", "x264-params": "mbtree=0:bframes=0"}
-        else:
-            stream.bit_rate = 8_000_000
-            stream.options = {"qmin": "1", "qmax": "3"}  # near-constant high quality
-        for i, frame in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(frame), format="yuv420p")
-            vf.pts = i
-            for packet in stream.encode(vf):
-                container.mux(packet)
-        for packet in stream.encode():  # flush delayed frames
-            container.mux(packet)
-    return buf.getvalue()
+    encoder = Mp4Encoder(h, w, fps)
+    for frame in frames:
+        encoder.add(frame)
+    return encoder.finish()
 
 
 def encode_png(frame: np.ndarray) -> bytes:

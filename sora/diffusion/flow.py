@@ -29,9 +29,9 @@ def sample_timesteps(tokens: torch.Tensor, cfg, generator: torch.Generator | Non
     return shift_time(torch.sigmoid(u), token_shift(tokens, cfg))
 
 
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, t_tok: torch.Tensor) -> torch.Tensor:
-    """x0, noise [N, P]; t_tok [N] (each token's sample time) -> x_t [N, P]."""
-    t = t_tok[:, None].to(x0.dtype)
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x0, noise and t (each value's sample time) of one shape -> x_t."""
+    t = t.to(x0.dtype)
     return (1 - t) * x0 + t * noise
 
 
@@ -44,10 +44,10 @@ def first_frame_tokens(cu_seqlens: torch.Tensor, grid: torch.Tensor, chosen: tor
     return (chosen & (grid[:, 0] > 1))[sid] & (frame == 0)
 
 
-def flow_loss_sum(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor | None = None):
-    """Sum over tokens of the per-token mean squared velocity error; `weight` [N] masks pad tokens.
+def flow_loss_sum(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor,
+                  values_per_token: int) -> torch.Tensor:
+    """Sum over tokens of each token's mean squared velocity error. pred, x0, noise, weight [N*P]
+    packed latents; `weight` is 1 on the values scored (0: given, pad, or another rank's tokens).
     Returned as a sum so the caller can divide by the token count of the whole data-parallel group."""
-    err = (pred.float() - (noise - x0).float()).pow(2).mean(dim=1)       # [N]
-    if weight is not None:
-        err = err * weight
-    return err.sum()
+    err = (pred.float() - (noise - x0).float()).pow(2) * weight               # [N*P]
+    return err.sum() / values_per_token

@@ -18,40 +18,48 @@ def timestep_schedule(steps: int, tokens: int, cfg) -> torch.Tensor:
 
 
 @torch.no_grad()
-def guided_velocity(model, x, cu, max_seqlen, grid, t, captions, guidance: float, given=None):
-    """x [N, P] -> guided velocity [N, P]; zero on `given` tokens [N] bool."""
+def guided_velocity(model, x, layout, t, captions, guidance: float, given=None, held=None):
+    """x [N*P] packed latents -> guided velocity [N*P]. With guidance the model runs once on the
+    pack twice over: `layout` is then the doubled pack's (conditional first), and t [B], captions
+    and given [N] bool (tokens given clean) are the single pack's. held [N*P] bool: the given
+    tokens' values, whose velocity is zero."""
     if guidance == 1.0:
-        v = model(x, cu, max_seqlen, grid, t, captions, given=given)
+        v = model(x, layout, t, captions, given=given)
     else:
-        n = x.shape[0]
-        x2 = torch.cat([x, x])
-        cu2 = torch.cat([cu, cu[1:] + n])
+        n = x.numel()
         given2 = None if given is None else torch.cat([given, given])
-        v = model(x2, cu2, max_seqlen, torch.cat([grid, grid]), torch.cat([t, t]),
-                  list(captions) + [""] * len(captions), given=given2)
+        v = model(torch.cat([x, x]), layout, torch.cat([t, t]), list(captions) + [""] * len(captions), given=given2)
         v_cond, v_uncond = v[:n], v[n:]
         v = v_uncond + guidance * (v_cond - v_uncond)
-    return v if given is None else v.masked_fill(given[:, None], 0.0)
+    return v if held is None else v.masked_fill(held, 0.0)
 
 
 @torch.no_grad()
-def sample(model, noise, cu, max_seqlen, grid, captions, steps: int, guidance: float, diffusion_cfg,
+def sample(model, noise, cu, grid, captions, steps: int, guidance: float, diffusion_cfg,
            method: str = "heun", tokens_for_shift: int | None = None, given=None, x_given=None):
-    """Integrate from noise (t=1) to data (t=0). All samples share one schedule (same size).
-
-    given [N] bool + x_given [N, P] (optional): tokens fixed to clean values (image-to-video)."""
+    """Integrate packed latents noise [N*P] (token grids [B, 3], cu_seqlens [B+1]) from t=1 to data
+    at t=0. All samples share one schedule (same size). given [N] bool + x_given [N*P] (optional):
+    tokens fixed to clean values (image-to-video)."""
     tokens = tokens_for_shift or int((cu[1:] - cu[:-1]).max())
     ts = timestep_schedule(steps, tokens, diffusion_cfg).to(noise.device)
     b = cu.numel() - 1
-    x = noise if given is None else torch.where(given[:, None], x_given, noise)
+    pack = model.layout(cu, grid)
+    # one layout for every step; with guidance, of the pack twice over (conditional, unconditional)
+    layout = pack if guidance == 1.0 else model.layout(torch.cat([cu, cu[1:] + cu[-1]]), torch.cat([grid, grid]))
+    held = None
+    if given is not None:
+        p = noise.numel() // given.numel()
+        held = model.dit.kernels.unpatchify(given[:, None].expand(-1, p).to(noise.dtype).contiguous(), pack,
+                                            model.dit.patch, model.dit.channels) > 0        # [N*P]
+    x = noise if held is None else torch.where(held, x_given, noise)
     for i in range(steps):
         t0, t1 = ts[i], ts[i + 1]
-        v0 = guided_velocity(model, x, cu, max_seqlen, grid, t0.expand(b), captions, guidance, given)
+        v0 = guided_velocity(model, x, layout, t0.expand(b), captions, guidance, given, held)
         x_euler = x + (t1 - t0) * v0
         if method == "euler" or i == steps - 1:   # last step to t=0: Heun's corrector would evaluate at t=0 anyway
             x = x_euler
         elif method == "heun":
-            v1 = guided_velocity(model, x_euler, cu, max_seqlen, grid, t1.expand(b), captions, guidance, given)
+            v1 = guided_velocity(model, x_euler, layout, t1.expand(b), captions, guidance, given, held)
             x = x + (t1 - t0) * 0.5 * (v0 + v1)
         else:
             raise ValueError(f"unknown sampler '{method}' (euler | heun)")

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from sora.data.video_io import write_video
 from sora.eval.adherence import score_clip, summarise
-from sora.inference import Generator
+from sora.inference import VideoGenerator
 
 
 def evaluate_run(run_dir: str, data_dir: str | None = None, seeds: int = 1, first_frame: str | None = None,
                  device: str = "cpu") -> dict:
     """first_frame: joint | generate (None: the run's sample.first_frame)."""
-    gen = Generator.from_run(run_dir, device=device)
+    gen = VideoGenerator.from_run(run_dir, device=device)
     mode = first_frame or gen.cfg.sample.first_frame
     data = Path(data_dir or gen.cfg.data.path)
     prompts = json.loads((data / "manifest.json").read_text())["heldout_prompts"]

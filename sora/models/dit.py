@@ -1,8 +1,11 @@
 """Diffusion transformer over packed spacetime patches.
 
 Read top to bottom: size registry -> attention layers -> block -> final layer -> DiT.
-Every sample of the packed sequence keeps its own length and (t, h, w) grid; self-attention is
-block-diagonal per sample (varlen), cross-attention pairs each sample with its own caption tokens.
+The DiT takes packed latents (every sample's [C, T, H, W] flattened and concatenated) and returns
+the velocity in the same layout: spacetime patches exist only inside it, between the fused patch
+embedding and the fused unpatchify. Every sample keeps its own length and (t, h, w) grid (the
+`PackedLayout`); self-attention is block-diagonal per sample (varlen), cross-attention pairs each
+sample with its own caption tokens.
 Conditioning is adaLN-single (PixArt-alpha): one timestep(+pooled text) MLP shared by all blocks,
 plus a learned per-block table; gates start at zero so each block starts as the identity.
 """
@@ -14,8 +17,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from sora.models.embeddings import RMSNorm, TimestepEmbedder, timestep_features
-from sora.ops import Kernels, select_kernels
-from sora.ops.packing_index import sample_index, token_positions
+from sora.ops import Kernels, PackedLayout, select_kernels
+from sora.ops.packing_index import sample_index
 from sora.ops.rope import rope_sections
 
 FRAME_DIM = 64                             # sinusoidal features of each token's latent frame index
@@ -51,11 +54,11 @@ class SelfAttention(nn.Module):
         self.sections = rope_sections(self.head_dim)
         self.rope_theta = rope_theta
 
-    def forward(self, x, cu, max_seqlen, grid, kernels: Kernels):
+    def forward(self, x, layout: PackedLayout, kernels: Kernels):
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.heads, self.head_dim).unbind(1)   # [N, H, Dh] each
         q, k = self.q_norm(q), self.k_norm(k)
-        o = kernels.self_attention(q, k, v, cu, max_seqlen, grid, self.sections, self.rope_theta)  # [N, H, Dh]
+        o = kernels.self_attention(q, k, v, layout, self.sections, self.rope_theta)  # [N, H, Dh]
         return self.proj(o.reshape(n, -1))
 
 
@@ -69,11 +72,11 @@ class CrossAttention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
 
-    def forward(self, x, cu, max_seqlen, ctx, cu_ctx, max_ctx, kernels: Kernels):
+    def forward(self, x, layout: PackedLayout, ctx, cu_ctx, max_ctx, kernels: Kernels):
         n, m = x.shape[0], ctx.shape[0]
         q = self.q_norm(self.q(x).view(n, self.heads, self.head_dim))            # [N, H, Dh]
         k, v = self.kv(ctx).view(m, 2, self.heads, self.head_dim).unbind(1)      # [M, H, Dh]
-        o = kernels.attention(q, self.k_norm(k), v, cu, cu_ctx, max_seqlen, max_ctx)
+        o = kernels.attention(q, self.k_norm(k), v, layout.cu_seqlens, cu_ctx, layout.max_seqlen, max_ctx)
         return self.proj(o.reshape(n, -1))
 
 
@@ -91,40 +94,47 @@ class DiTBlock(nn.Module):
         table[5].zero_()
         self.ada_table = nn.Parameter(table)
 
-    def forward(self, x, cond, cu, max_seqlen, grid, ctx, cu_ctx, max_ctx, kernels: Kernels):
-        # cond [B, 6, W] from the shared timestep MLP; per-token lookup happens in the adaLN op.
+    def forward(self, x, cond, layout: PackedLayout, ctx, cu_ctx, max_ctx, kernels: Kernels):
+        # cond [S, 6, W] per segment from the shared timestep MLP; per-token lookup in the adaLN op.
         mod = cond + self.ada_table[None]
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(1)             # [B, W] each
-        sid = sample_index(cu, x.shape[0])                                       # [N]
-        h = kernels.adaln(x, shift1, scale1, cu)
-        x = x + gate1[sid] * self.attn(h, cu, max_seqlen, grid, kernels)
-        x = x + self.cross(self.cross_norm(x), cu, max_seqlen, ctx, cu_ctx, max_ctx, kernels)
-        h = kernels.adaln(x, shift2, scale2, cu)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(1)             # [S, W] each
+        sid = layout.sample_index                                                # [N]
+        h = kernels.adaln(x, shift1, scale1, layout)
+        x = x + gate1[sid] * self.attn(h, layout, kernels)
+        x = x + self.cross(self.cross_norm(x), layout, ctx, cu_ctx, max_ctx, kernels)
+        h = kernels.adaln(x, shift2, scale2, layout)
         return x + gate2[sid] * self.mlp(h)
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, width: int, out_dim: int):
+    """adaLN, then the linear back to patch values fused with the unpatchify into packed latents."""
+
+    def __init__(self, width: int, patch, channels: int):
         super().__init__()
+        self.patch, self.channels = tuple(patch), channels
         self.ada_table = nn.Parameter(torch.randn(2, width) / width ** 0.5)
-        self.linear = nn.Linear(width, out_dim)
+        self.linear = nn.Linear(width, channels * patch[0] * patch[1] * patch[2])
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def forward(self, x, cond, cu, kernels: Kernels):
-        shift, scale = (cond[:, None] + self.ada_table[None]).unbind(1)         # [B, W] each
-        return self.linear(kernels.adaln(x, shift, scale, cu))
+    def forward(self, x, cond, layout: PackedLayout, num_latent: int, kernels: Kernels):
+        shift, scale = (cond[:, None] + self.ada_table[None]).unbind(1)         # [S, W] each
+        h = kernels.adaln(x, shift, scale, layout)                               # [N, W]
+        return kernels.patch_unembed(h, layout, self.patch, self.channels, self.linear.weight, self.linear.bias,
+                                     num_latent)                                 # [N*P]
 
 
 class DiT(nn.Module):
-    def __init__(self, in_dim: int, width: int, depth: int, heads: int, text_dim: int,
+    def __init__(self, channels: int, patch, width: int, depth: int, heads: int, text_dim: int,
                  mlp_ratio: float = 4.0, qk_norm: bool = True, rope_theta: float = 10000.0,
                  checkpointing: bool = False, backend: str | None = None, device: str = "cpu"):
         super().__init__()
-        self.in_dim, self.width = in_dim, width
+        self.channels, self.patch = channels, tuple(patch)
+        self.in_dim = channels * self.patch[0] * self.patch[1] * self.patch[2]   # values per patch
+        self.width = width
         self.checkpointing = checkpointing
         self.kernels = select_kernels(configured=backend, device=device)         # chosen once, stored
-        self.patch_embed = nn.Linear(in_dim, width)
+        self.patch_embed = nn.Linear(self.in_dim, width)       # its weights; the op fuses it with patchify
         # Absolute frame index (RoPE alone is relative): lets the model place a moving object per
         # frame from the very first, noisiest sampling steps, before any frame holds content.
         self.frame_embed = nn.Linear(FRAME_DIM, width)
@@ -135,30 +145,33 @@ class DiT(nn.Module):
         self.ada_single = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
         self.blocks = nn.ModuleList(DiTBlock(width, heads, text_dim, mlp_ratio, qk_norm, rope_theta)
                                     for _ in range(depth))
-        self.final = FinalLayer(width, in_dim)
+        self.final = FinalLayer(width, self.patch, channels)
         nn.init.zeros_(self.ada_single[1].weight)   # gates start at zero: blocks start as identity
         nn.init.zeros_(self.ada_single[1].bias)
 
-    def forward(self, x, cu_seqlens, max_seqlen, grid, t, ctx, cu_seqlens_ctx, max_seqlen_ctx, token_offset=None,
-                given=None):
-        """x [N, in_dim] noisy latent patches; t [B]; ctx [M, Dt] -> velocity [N, in_dim].
+    def forward(self, latents, layout: PackedLayout, t, ctx, cu_seqlens_ctx, given=None):
+        """latents [N*P] noisy packed latents -> velocity [N*P], the same layout.
 
-        token_offset [B] (optional): entry b is a segment of a larger sample (grid[b] is the whole
-        sample's) that starts at this token; self-attention must then see whole samples (Ulysses).
-        given [N] bool (optional): tokens that are clean conditioning (x0 itself, e.g. a first frame),
-        not noise at time t; their output is ignored.
+        layout: the tokens this forward computes, with t [S] and the captions ctx [M, Dt] (packed by
+        cu_seqlens_ctx [S+1]) per segment. A slice's layout (sequence parallelism) makes the output
+        hold only its own tokens' values (zero elsewhere).
+        given [L] bool (optional): tokens that are clean conditioning (x0 itself, e.g. a first
+        frame), not noise at time t; their output is ignored.
         """
-        b = cu_seqlens.numel() - 1
-        c = self.t_embed(t) + self.text_pool(segment_mean(ctx, cu_seqlens_ctx))  # [B, W]
-        cond = self.ada_single(c).view(b, 6, self.width)                         # [B, 6, W]
-        frame = token_positions(cu_seqlens, grid, token_offset)[:, 0]            # [N] latent frame index
-        h = self.patch_embed(x) + self.frame_embed(timestep_features(frame / 1000.0, FRAME_DIM).to(x.dtype))  # [N, W]
+        s = layout.num_segments
+        max_ctx = int((cu_seqlens_ctx[1:] - cu_seqlens_ctx[:-1]).max())
+        c = self.t_embed(t) + self.text_pool(segment_mean(ctx, cu_seqlens_ctx))  # [S, W]
+        cond = self.ada_single(c).view(s, 6, self.width)                         # [S, 6, W]
+        frame = layout.positions[:, 0]                                           # [L] latent frame index
+        h = self.kernels.patch_embed(latents, layout, self.patch, self.channels, self.patch_embed.weight,
+                                     self.patch_embed.bias)                      # [L, W]
+        h = h + self.frame_embed(timestep_features(frame / 1000.0, FRAME_DIM).to(h.dtype))
         if given is not None:   # the trainer always passes it (all False when no clip has a given frame)
             h = h + given[:, None].to(h.dtype) * self.given_embed
-        args = (cond, cu_seqlens, max_seqlen, grid, ctx, cu_seqlens_ctx, max_seqlen_ctx, self.kernels)
+        args = (cond, layout, ctx, cu_seqlens_ctx, max_ctx, self.kernels)
         for blk in self.blocks:
             if self.checkpointing and self.training:
                 h = checkpoint(blk, h, *args, use_reentrant=False)
             else:
                 h = blk(h, *args)
-        return self.final(h, F.silu(c), cu_seqlens, self.kernels)
+        return self.final(h, F.silu(c), layout, latents.numel(), self.kernels)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from sora.models.dit import DiT
-from sora.models.text import HashTextEncoder, T5TextEncoder
+from sora.models.text import HashTextEncoder, FrozenTextEncoder
 
 
 class TextToVideo(nn.Module):
@@ -22,25 +22,28 @@ class TextToVideo(nn.Module):
             self.text = HashTextEncoder(cfg.text.dim, cfg.text.layers, cfg.text.heads, cfg.text.vocab, cfg.text.max_tokens)
             text_dim = cfg.text.dim
         else:
-            frozen = T5TextEncoder(cfg.text.path, cfg.text.max_tokens)
+            frozen = FrozenTextEncoder(cfg.text.path, cfg.text.max_tokens)
             self._frozen_text = [frozen]  # a list hides it from nn.Module: not trained, not sharded, not saved
             self.text = None
             text_dim = frozen.dim
-        self.dit = DiT(self.latent_channels * pt * ph * pw, width, depth, heads, text_dim,
+        self.dit = DiT(self.latent_channels, self.patch, width, depth, heads, text_dim,
                        cfg.model.mlp_ratio, cfg.model.qk_norm, cfg.model.rope_theta,
                        cfg.model.checkpointing, cfg.model.backend, str(device))
 
-    def encode_text(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """-> ctx [M, Dt], cu_seqlens_ctx [B+1] int32, the longest caption's tokens (read from the
-        host-side cu_seqlens: no device sync)."""
+    def encode_text(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> ctx [M, Dt], cu_seqlens_ctx [B+1] int32."""
         if self.text is not None:
             ids, cu = self.text.tokenizer(captions)
-            max_len = int((cu[1:] - cu[:-1]).max())
             ids, cu = ids.to(device), cu.to(device)
-            return self.text(ids, cu, max_len, self.dit.kernels.attention), cu, max_len
+            return self.text(ids, cu, self.dit.kernels.attention), cu
         ctx, cu = self._frozen_text[0].encode(captions)
-        return ctx.to(device), cu.to(device), int((cu[1:] - cu[:-1]).max())
+        return ctx.to(device), cu.to(device)
 
-    def forward(self, x, cu_seqlens, max_seqlen, grid, t, captions: list[str], token_offset=None, given=None):
-        ctx, cu_ctx, max_ctx = self.encode_text(captions, x.device)
-        return self.dit(x, cu_seqlens, max_seqlen, grid, t, ctx.to(x.dtype), cu_ctx, max_ctx, token_offset, given)
+    def layout(self, cu_seqlens: torch.Tensor, grid: torch.Tensor):
+        """The PackedLayout of a pack of whole samples (token grids [B, 3]), on the model's kernels."""
+        return self.dit.kernels.layout(cu_seqlens, grid)
+
+    def forward(self, latents, layout, t, captions: list[str], given=None):
+        """latents [N*P] packed -> velocity [N*P]; captions: one per segment of `layout`."""
+        ctx, cu_ctx = self.encode_text(captions, latents.device)
+        return self.dit(latents, layout, t, ctx.to(latents.dtype), cu_ctx, given)

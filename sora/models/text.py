@@ -2,7 +2,7 @@
 
 - HashTextEncoder: words hashed into a fixed vocabulary, a small transformer trained with the DiT.
   Works offline on a fresh machine (no weights to fetch) and is the demo default.
-- T5TextEncoder: a frozen T5 encoder loaded with transformers from a local directory (real use).
+- FrozenTextEncoder: a frozen T5 / mT5 / umT5 / CLIP text encoder loaded with transformers from a local directory (real use).
 Every caption yields at least one token (a BOS), so the empty caption (CFG's unconditional
 branch) is a real, learnable sequence rather than an empty attention set.
 """
@@ -50,10 +50,10 @@ class _TextBlock(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
 
-    def forward(self, x, cu, max_seqlen: int, attention):
+    def forward(self, x, cu, max_len: int, attention):
         n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(n, 3, self.heads, d // self.heads).unbind(1)  # [M, H, Dh] each
-        x = x + self.proj(attention(q, k, v, cu, cu, max_seqlen, max_seqlen).reshape(n, d))
+        x = x + self.proj(attention(q, k, v, cu, cu, max_len, max_len).reshape(n, d))
         return x + self.mlp(self.norm2(x))
 
 
@@ -69,18 +69,18 @@ class HashTextEncoder(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
 
-    def forward(self, ids: torch.Tensor, cu: torch.Tensor, max_seqlen: int, attention) -> torch.Tensor:
-        """ids [M], cu [B+1], max_seqlen = the longest caption's tokens -> ctx [M, dim]. `attention`
-        has flash-attn's signature (max_seqlen_q/k are required there)."""
+    def forward(self, ids: torch.Tensor, cu: torch.Tensor, attention) -> torch.Tensor:
+        """ids [M], cu [B+1] -> ctx [M, dim]."""
         lens = (cu[1:] - cu[:-1]).long()
         starts = torch.repeat_interleave(cu[:-1].long(), lens, output_size=ids.numel())
         pos = torch.arange(ids.numel(), device=ids.device) - starts
         x = self.embed(ids) + self.pos(pos)
+        max_len = int(lens.max())   # flash-attn's convention: the kernels take it, not derive it
         for blk in self.blocks:
-            x = blk(x, cu, max_seqlen, attention)
+            x = blk(x, cu, max_len, attention)
         return self.norm(x)
 
 
-class T5TextEncoder(PretrainedTextEncoder):
+class FrozenTextEncoder(PretrainedTextEncoder):
     """Frozen T5 / mT5 / umT5 / CLIP text encoder from a local directory (no downloads); the class
     follows the directory's config.json (`sora/models/pretrained.py`). Needs `transformers`."""

@@ -8,11 +8,12 @@ from sora.ops.packing_index import sample_index
 
 
 def adaln_modulate_torch(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-                         cu_seqlens: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x [N, D], shift/scale [B, D] -> [N, D]; token n uses its own sample's modulation."""
+                         cu_seqlens: torch.Tensor, eps: float = 1e-6, sample: torch.Tensor | None = None) -> torch.Tensor:
+    """x [N, D], shift/scale [B, D] -> [N, D]; token n uses its own sample's modulation.
+    sample [N] (optional): the layout's token -> sample index, else derived from cu_seqlens."""
     if shift.shape != scale.shape or shift.shape[0] != cu_seqlens.numel() - 1:
         raise ValueError(f"shift/scale must be [B, D] with B = {cu_seqlens.numel() - 1}, got {tuple(shift.shape)}, {tuple(scale.shape)}")
-    sid = sample_index(cu_seqlens, x.shape[0])              # [N]
+    sid = sample_index(cu_seqlens, x.shape[0]) if sample is None else sample   # [N]
     h = F.layer_norm(x, (x.shape[-1],), eps=eps)
     return h * (1 + scale[sid]) + shift[sid]
 

@@ -29,12 +29,15 @@ def rope_angles(positions: torch.Tensor, sections: tuple[int, int, int], theta: 
 
 
 def apply_rope_torch(x: torch.Tensor, cu_seqlens: torch.Tensor, grid: torch.Tensor,
-                     sections: tuple[int, int, int], theta: float = 10000.0) -> torch.Tensor:
-    """x [N, H, D] -> rotated [N, H, D]. Pairs (i, i + D/2) within each section (rotate-half)."""
+                     sections: tuple[int, int, int], theta: float = 10000.0,
+                     positions: torch.Tensor | None = None) -> torch.Tensor:
+    """x [N, H, D] -> rotated [N, H, D]. Pairs (i, i + D/2) within each section (rotate-half).
+    positions [N, 3] (optional): the layout's token positions, else derived from cu_seqlens + grid."""
     n, _, d = x.shape
     if sum(sections) != d or any(s % 2 for s in sections):
         raise ValueError(f"rope sections {sections} must be even and sum to head dim {d}")
-    ang = rope_angles(token_positions(cu_seqlens, grid), sections, theta)  # [N, D/2]
+    pos = token_positions(cu_seqlens, grid) if positions is None else positions
+    ang = rope_angles(pos, sections, theta)                                # [N, D/2]
     cos, sin = ang.cos()[:, None, :].to(x.dtype), ang.sin()[:, None, :].to(x.dtype)
     out = []
     start, a0 = 0, 0
@@ -48,39 +51,54 @@ def apply_rope_torch(x: torch.Tensor, cu_seqlens: torch.Tensor, grid: torch.Tens
     return torch.cat(out, dim=-1)
 
 
+def rope_qk_torch(q, k, cu_seqlens, grid, sections, theta=10000.0, positions=None):
+    """The reference for q [N, H, D] and k [N, Hk, D] (or None) -> (q rotated, k rotated or None)."""
+    rot = (lambda x: None if x is None else apply_rope_torch(x, cu_seqlens, grid, sections, theta, positions))
+    return rot(q), rot(k)
+
+
 class RopeFunction(torch.autograd.Function):
-    """One autograd.Function for every kernel backend of RoPE. `kernel(x, cu_seqlens, grid,
-    sections, theta, inverse)` rotates by +angle (inverse=False) or -angle; the rotation is
-    orthogonal, so the backward is the same kernel with inverse=True. Nothing is saved but the
-    (integer) packing."""
+    """One autograd.Function for every kernel backend of RoPE on q and k together. `kernel(q, k,
+    cu_seqlens, grid, sections, theta, inverse)` rotates both by +angle (inverse=False) or -angle;
+    the rotation is orthogonal, so the backward is the same kernel with inverse=True. Nothing is
+    saved but the (integer) packing."""
 
     @staticmethod
-    def forward(ctx, x, cu_seqlens, grid, sections, theta, kernel):
+    def forward(ctx, q, k, cu_seqlens, grid, sections, theta, kernel):
         ctx.save_for_backward(cu_seqlens, grid)
-        ctx.args = (tuple(sections), float(theta), kernel)
-        return kernel(x.contiguous(), cu_seqlens, grid, tuple(sections), float(theta), False)
+        ctx.args = (tuple(sections), float(theta), kernel, k is not None)
+        return kernel(q.contiguous(), None if k is None else k.contiguous(), cu_seqlens, grid, tuple(sections),
+                      float(theta), False)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, dq, dk):
         cu_seqlens, grid = ctx.saved_tensors
-        sections, theta, kernel = ctx.args
-        return kernel(grad.contiguous(), cu_seqlens, grid, sections, theta, True), None, None, None, None, None
+        sections, theta, kernel, has_k = ctx.args
+        gq, gk = kernel(dq.contiguous(), dk.contiguous() if has_k else None, cu_seqlens, grid, sections, theta, True)
+        return gq, gk, None, None, None, None, None
 
 
 def _ext_rope(backend: str):
-    def apply_rope(x, cu_seqlens, grid, sections, theta=10000.0):
-        _ext.backend_for(x, backend)
-        return RopeFunction.apply(x, cu_seqlens, grid, sections, theta, _ext.ops().rope)
-    apply_rope.__name__ = f"apply_rope_{backend}"
-    return _ext.for_backend(backend, apply_rope)
+    def kernel(q, k, cu_seqlens, grid, sections, theta, inverse):   # the compiled op rotates one tensor
+        rope = _ext.ops().rope
+        return (rope(q, cu_seqlens, grid, sections, theta, inverse),
+                None if k is None else rope(k, cu_seqlens, grid, sections, theta, inverse))
+
+    def rope_qk(q, k, cu_seqlens, grid, sections, theta=10000.0):
+        _ext.backend_for(q, backend)
+        return RopeFunction.apply(q, k, cu_seqlens, grid, sections, theta, kernel)
+    rope_qk.__name__ = f"rope_qk_{backend}"
+    return _ext.for_backend(backend, rope_qk)
 
 
-def _triton_rope(x, cu_seqlens, grid, sections, theta=10000.0):
-    from kernels.rope import rope_3d  # imported at first use: Triton fixes interpreted-or-compiled then
-    return RopeFunction.apply(x, cu_seqlens, grid, sections, theta, rope_3d)
+def _triton_rope(q, k, cu_seqlens, grid, sections, theta=10000.0):
+    from kernels.rope import rope_3d_qk  # imported at first use: Triton fixes interpreted-or-compiled then
+    return RopeFunction.apply(q, k, cu_seqlens, grid, sections, theta, rope_3d_qk)
 
 
-IMPLEMENTATIONS = {"torch": apply_rope_torch, "cpp": _ext_rope("cpp"), "cuda": _ext_rope("cuda")}
+# backend -> rope_qk(q, k or None, cu_seqlens, grid, sections, theta) -> (q', k' or None): one launch
+# per tensor (cpp, cuda) or one for both (triton's fused q+k kernel).
+IMPLEMENTATIONS = {"torch": rope_qk_torch, "cpp": _ext_rope("cpp"), "cuda": _ext_rope("cuda")}
 try:  # registered only where Triton imports (on CPU it runs only under TRITON_INTERPRET=1)
     import triton  # noqa: F401
     IMPLEMENTATIONS["triton"] = _triton_rope

@@ -1,66 +1,42 @@
 """Splitting one packed sequence by tokens across the ranks of a sequence-parallel group.
 
 The pack is padded to a multiple of sp with one extra "pad" sample (grid 1 x 1 x pad) that attends
-only to itself and is left out of the loss. Rank r holds tokens [r*L, (r+1)*L) of the padded pack.
-Its slice cuts samples into *segments*: every layer except self-attention works per token or per
-segment (adaLN, cross-attention to the segment's caption, MLP), so a segment behaves exactly like
-its sample as long as it knows where it starts inside that sample (`offset`, for positions).
-Self-attention needs whole samples: Ulysses trades tokens for heads and runs on the full pack.
+only to itself and is left out of the loss. Rank r holds tokens [r*L, (r+1)*L) of the padded pack:
+a slice `PackedLayout` (sora/ops/layout.py) whose segments know where they start inside their
+sample, so every layer except self-attention works on the slice as on whole samples (adaLN,
+cross-attention to the segment's caption, MLP). Self-attention needs whole samples: Ulysses trades
+tokens for heads and runs on the slice's `whole` layout.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class SequenceShard:
-    lo: int                          # first padded-pack token this rank holds
-    hi: int                          # one past the last
-    real: int                        # real tokens in the whole pack (pad excluded)
-    cu_seqlens: torch.Tensor         # [S+1] int32 local segments
-    max_seqlen: int
-    segment_sample: torch.Tensor     # [S] int64 sample of each segment (B = the pad sample)
-    segment_offset: torch.Tensor     # [S] int64 index of the segment's first token inside its sample
-    full_cu_seqlens: torch.Tensor    # [B+2] int32 the padded pack (pad sample last, maybe empty)
-    full_grid: torch.Tensor          # [B+1, 3] int32
-    full_max_seqlen: int
-
-    @property
-    def local_real(self) -> int:
-        """How many of this rank's tokens are real (the pad is always at the end)."""
-        return max(0, min(self.hi, self.real) - self.lo)
+from sora.ops.layout import PackedLayout, slice_layout
 
 
-def shard_sequence(cu_seqlens: torch.Tensor, grid: torch.Tensor, sp: int, rank: int) -> SequenceShard:
-    """cu_seqlens [B+1], grid [B, 3] of a whole pack -> this rank's slice of it."""
-    if not 0 <= rank < sp:
-        raise ValueError(f"sequence-parallel rank {rank} is outside 0..{sp - 1}")
-    cu = cu_seqlens.long().cpu()
+def padded_packing(cu_seqlens: torch.Tensor, grid: torch.Tensor, sp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cu_seqlens [B+1], grid [B, 3] of a pack -> the same with the pad sample appended:
+    [B+2] int32 and [B+1, 3] int32 (the pad may be empty)."""
+    cu = cu_seqlens.int()
     real = int(cu[-1])
     total = -(-real // sp) * sp
-    pad = total - real
-    full_cu = torch.cat([cu, cu.new_tensor([total])])                       # [B+2]
-    full_grid = torch.cat([grid.cpu().int(), torch.tensor([[1, 1, pad]], dtype=torch.int32)])  # [B+1, 3]
-    per_rank = total // sp
-    lo, hi = rank * per_rank, (rank + 1) * per_rank
-    starts = full_cu[:-1].clamp(min=lo)                                     # [B+1]
-    ends = full_cu[1:].clamp(max=hi)
-    keep = ends > starts                                                    # samples meeting [lo, hi)
-    sample = torch.nonzero(keep).flatten()                                  # [S]
-    lens = (ends - starts)[keep]
-    offset = (starts - full_cu[:-1])[keep]
-    local_cu = torch.cat([lens.new_zeros(1), lens.cumsum(0)]).int()
-    full_lens = full_cu[1:] - full_cu[:-1]
-    return SequenceShard(lo, hi, real, local_cu, int(lens.max()) if lens.numel() else 0, sample, offset,
-                         full_cu.int(), full_grid, int(full_lens.max()))
+    pad = torch.tensor([[1, 1, total - real]], dtype=torch.int32, device=grid.device)
+    return torch.cat([cu, cu.new_tensor([total])]), torch.cat([grid.int(), pad])
 
 
-def shard_rows(x: torch.Tensor, shard: SequenceShard) -> torch.Tensor:
+def shard_layout(padded: PackedLayout, sp: int, rank: int) -> PackedLayout:
+    """This rank's slice of a padded pack's layout (see padded_packing)."""
+    if not 0 <= rank < sp:
+        raise ValueError(f"sequence-parallel rank {rank} is outside 0..{sp - 1}")
+    per_rank = padded.num_tokens // sp
+    return slice_layout(padded, rank * per_rank, (rank + 1) * per_rank)
+
+
+def shard_rows(x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
     """Rows [lo, hi) of a per-token tensor of the real pack, zero rows for the pad."""
-    rows = x[shard.lo:min(shard.hi, x.shape[0])]
-    missing = (shard.hi - shard.lo) - rows.shape[0]
+    lo, hi = layout.rows
+    rows = x[lo:min(hi, x.shape[0])]
+    missing = (hi - lo) - rows.shape[0]
     if missing:
         rows = torch.cat([rows, rows.new_zeros((missing,) + tuple(x.shape[1:]))])
     return rows

@@ -3,11 +3,12 @@
 Each rank of a sequence-parallel group holds a contiguous slice of one packed sequence
 (sora.parallel.sequence). Around self-attention DeepSpeed's `DistributedAttention` trades tokens
 for heads with an all-to-all, so every rank holds all tokens of the pack for heads/sp heads; RoPE
-and varlen attention then run on whole samples with the full `cu_seqlens` and each token's global
-(t, h, w), and a second all-to-all trades back. Everything else in the model runs on the slice.
+and varlen attention then run on whole samples with the slice layout's `whole` (the padded pack:
+its cu_seqlens and each token's global (t, h, w)), and a second all-to-all trades back.
+Everything else in the model runs on the slice.
 
 The model never sees any of this: the trainer swaps `kernels.self_attention` for the wrapper and
-binds the current pack's full layout to it before each forward.
+hands the model slice layouts.
 """
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ import dataclasses
 
 import torch
 
-from sora.parallel.sequence import SequenceShard
+from sora.ops.layout import PackedLayout
 
 
 def init_sequence_parallel_groups(sp: int):
     """Build the sp groups (consecutive ranks) and return DeepSpeed's sequence-parallel mpu module.
 
     With that mpu, ZeRO-3 partitions parameters and optimizer state over all ranks (the
-    sequence-data-parallel group) and divides summed gradients by dp = world / sp, not world.
+    sequence-data-parallel group). Gradients are averaged over every rank (the reduce-scatter path
+    that sora.parallel.deepspeed_config pins); sora.train.trainer.flow_matching_loss scales the loss
+    for that, so sp ranks holding slices of one pack equal one rank holding all of it.
     """
     import deepspeed
     import torch.distributed as dist
@@ -44,33 +47,24 @@ class UlyssesSelfAttention:
         self.inner = inner                         # rope + varlen attention on whole samples
         # Tokens are dim 0 and heads dim 2 of [N, 1, H, Dh]: scatter heads, gather tokens.
         self.distributed = DistributedAttention(self._local, group, scatter_idx=2, gather_idx=0)
-        self.shard: SequenceShard | None = None
-        self.device = None
 
-    def bind(self, shard: SequenceShard, device) -> None:
-        """The layout of the whole (padded) pack for the next forward (and its recomputation)."""
-        self.shard = shard
-        self.full_cu = shard.full_cu_seqlens.to(device)
-        self.full_grid = shard.full_grid.to(device)
-
-    def _local(self, q, k, v, sections, theta):
+    def _local(self, q, k, v, whole: PackedLayout, sections, theta):
         # q, k, v [N_padded, 1, H/sp, Dh]: all tokens of the pack, this rank's heads.
-        o = self.inner(q[:, 0], k[:, 0], v[:, 0], self.full_cu, self.shard.full_max_seqlen, self.full_grid,
-                       sections, theta)
-        return o[:, None]
+        return self.inner(q[:, 0], k[:, 0], v[:, 0], whole, sections, theta)[:, None]
 
-    def __call__(self, q, k, v, cu_seqlens, max_seqlen, grid, sections, theta):
-        """q, k, v [L, H, Dh] this rank's slice (the slice's own layout is not needed) -> [L, H, Dh]."""
-        if self.shard is None:
-            raise RuntimeError("UlyssesSelfAttention used before bind(): the trainer must bind each pack")
-        if q.shape[0] != self.shard.hi - self.shard.lo:
-            raise ValueError(f"slice holds {q.shape[0]} tokens but the bound shard has {self.shard.hi - self.shard.lo}")
-        out = self.distributed(q[:, None], k[:, None], v[:, None], 1, None, sections, theta)
+    def __call__(self, q, k, v, layout: PackedLayout, sections, theta):
+        """q, k, v [L, H, Dh] this rank's slice of `layout.whole` -> [L, H, Dh]."""
+        if not layout.is_slice:
+            raise ValueError("sequence-parallel self-attention needs a slice layout (sora.parallel.sequence)")
+        lo, hi = layout.rows
+        if q.shape[0] != hi - lo:
+            raise ValueError(f"slice holds {q.shape[0]} tokens but its layout has rows [{lo}, {hi})")
+        out = self.distributed(q[:, None], k[:, None], v[:, None], 1, None, layout.whole, sections, theta)
         return out[:, 0]
 
 
 def wrap_for_sequence_parallel(dit, group) -> UlyssesSelfAttention:
-    """Swap the DiT's self-attention kernel for the Ulysses wrapper; returns it for binding."""
+    """Swap the DiT's self-attention kernel for the Ulysses wrapper."""
     wrapper = UlyssesSelfAttention(dit.kernels.self_attention, group)
     dit.kernels = dataclasses.replace(dit.kernels, self_attention=wrapper)
     return wrapper
@@ -78,5 +72,6 @@ def wrap_for_sequence_parallel(dit, group) -> UlyssesSelfAttention:
 
 def pack_checksum(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """A cheap fingerprint of a pack, compared across a sequence-parallel group in debug mode."""
-    w = torch.arange(1, x.shape[0] + 1, dtype=torch.float64, device=x.device)
-    return torch.stack([(x.double().sum(1) * w).sum(), cu_seqlens.double().sum(), x.new_tensor(x.shape[0], dtype=torch.float64)])
+    flat = x.double().flatten()
+    w = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=x.device)
+    return torch.stack([(flat * w).sum(), cu_seqlens.double().sum(), x.new_tensor(flat.numel(), dtype=torch.float64)])

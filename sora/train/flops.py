@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -169,13 +169,6 @@ def step_flops(s: DiTShape, seqlens: list[int], ctx_lens: list[int], checkpointi
     backward = ob + s.depth * bb + int(bwd_factor * attn_fwd)
     recompute = s.depth * (bf + attn_block) if checkpointing else 0
     return StepFlops(forward, backward, recompute, attn_fwd, int((bwd_factor - 2.0) * attn_fwd))
-
-
-def dit_forward_flops(depth: int, width: int, in_dim: int, text_dim: int, mlp_ratio: float,
-                      seqlens: list[int], ctx_lens: list[int]) -> int:
-    """Forward FLOPs of the DiT alone (heads do not change FLOPs)."""
-    s = DiTShape(depth, width, 1, in_dim, text_dim, mlp_ratio)
-    return step_flops(s, seqlens, ctx_lens).forward
 
 
 def train_flops(depth: int, width: int, in_dim: int, text_dim: int, mlp_ratio: float,
@@ -397,13 +390,3 @@ def peak_flops(device: str) -> tuple[float, str]:
     return measure_peak_flops(device), "CPU measured fp32 matmul"
 
 
-@dataclass
-class PlanRow:
-    sp: int
-    tokens_per_rank: int
-    state_gib: float
-    activation_gib: float
-    transient_gib: float
-    total_gib: float
-    fits: bool
-    notes: list = field(default_factory=list)

@@ -19,10 +19,11 @@ from sora.data.loader import PackedLoader, VideoStream
 from sora.data.shards import SkipStats, list_shards
 from sora.diffusion.flow import add_noise, first_frame_tokens, flow_loss_sum, sample_timesteps
 from sora.models.t2v import TextToVideo
-from sora.ops.packing_index import sample_index
+from sora.ops import PackedLayout
+from sora.ops.patchify import unpatchify_packed_torch
 from sora.parallel.deepspeed_config import deepspeed_config
 from sora.parallel.dims import ParallelDims, compute_device, init_distributed
-from sora.parallel.sequence import shard_rows, shard_sequence
+from sora.parallel.sequence import padded_packing, shard_layout, shard_rows
 from sora.parallel.ulysses import init_sequence_parallel_groups, pack_checksum, wrap_for_sequence_parallel
 from sora.train import rng_state
 from sora.train.artifacts import check_vae_matches, load_vae, save_weights
@@ -50,70 +51,82 @@ def build_engine(cfg: Config, model: torch.nn.Module, bf16: bool, mpu=None):
 
 
 def draw_noise(batch, gen: torch.Generator, cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample times t [B], noise [N, P] and given [N] (tokens kept clean: first frames of the
-    samples drawn for image-to-video) for one packed batch. Drawn on the CPU: reproducible, and
-    identical on every rank of a sequence-parallel group, which share the generator seed."""
+    """Per-sample times t [B], noise [N*P] (packed like the latents) and given [N] (tokens kept
+    clean: first frames of the samples drawn for image-to-video) for one packed batch. Drawn on the
+    CPU: reproducible, and identical on every rank of a sequence-parallel group, which share the
+    generator seed. Noise is drawn per token [N, P] and laid out as latents (a permutation)."""
     lens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).long().cpu()
+    cu, grid = batch.cu_seqlens.cpu(), batch.grid.cpu()
     t = sample_timesteps(lens, cfg.diffusion, gen)
-    noise = torch.randn(tuple(batch.x.shape), generator=gen)
+    noise = torch.randn((batch.num_tokens, batch.values_per_token), generator=gen)
+    noise = unpatchify_packed_torch(noise, cu, grid, cfg.model.patch, cfg.vae.latent_channels)
     given = torch.zeros(batch.num_tokens, dtype=torch.bool)
     if cfg.diffusion.first_frame_prob > 0:   # drawn only then: other configs keep their random stream
         chosen = torch.rand(lens.shape, generator=gen) < cfg.diffusion.first_frame_prob   # [B]
-        given = first_frame_tokens(batch.cu_seqlens.cpu(), batch.grid.cpu(), chosen)
-    dev = batch.x.device
-    return t.to(dev), noise.to(dev, batch.x.dtype), given.to(dev)
+        given = first_frame_tokens(cu, grid, chosen)
+    dev = batch.latents.device
+    return t.to(dev), noise.to(dev, batch.latents.dtype), given.to(dev)
 
 
 @dataclass
 class StepInput:
-    """What this rank feeds the model: the whole pack (sp = 1) or its sequence-parallel slice."""
-    x0: torch.Tensor             # [L, P]
-    noise: torch.Tensor          # [L, P]
+    """What this rank feeds the model and scores: the whole pack's latents (every rank of a
+    sequence-parallel group holds them) and the layout of the tokens this rank computes."""
+    x0: torch.Tensor             # [N*P] clean latents of the pack
+    xt: torch.Tensor             # [N*P] noised (given tokens' values clean)
+    noise: torch.Tensor          # [N*P]
+    layout: PackedLayout         # the whole pack (sp = 1) or this rank's slice of it
     t: torch.Tensor              # [S] per segment
-    cu_seqlens: torch.Tensor     # [S+1]
-    max_seqlen: int
-    grid: torch.Tensor           # [S, 3] whole-sample grids
-    captions: list[str]
-    offset: torch.Tensor | None  # [S] first token of each segment inside its sample
-    real: int                    # the first `real` rows count in the loss (the rest is pad)
+    captions: list[str]          # per segment
     given: torch.Tensor          # [L] bool tokens kept clean (conditioning, not in the loss)
+    weight: torch.Tensor         # [N*P] 1 on the values this rank scores: its real tokens, not given
+    real: int                    # real tokens of the pack (the pad excluded)
 
 
-def step_input(batch, t, noise, given, dims: ParallelDims, ulysses) -> StepInput:
+def step_input(batch, t, noise, given, cfg: Config, kernels, dims: ParallelDims) -> StepInput:
+    """Lay out one pack for this rank: the layouts, per-segment times and captions, the noised
+    latents, and the loss weights."""
+    patch, channels = cfg.model.patch, cfg.vae.latent_channels
+    pack = kernels.layout(batch.cu_seqlens, batch.grid)                          # whole samples
+    p = batch.values_per_token
+    per_value = (lambda tok: kernels.unpatchify(tok[:, None].expand(-1, p).contiguous(), pack, patch, channels))
+    given_f = given.to(batch.latents.dtype)
+    t_values = per_value(t[pack.sample_index].to(batch.latents.dtype))           # [N*P]
+    xt = torch.where(per_value(given_f) > 0, batch.latents, add_noise(batch.latents, noise, t_values))
+    scored = 1 - given_f                                                         # [N]
     if dims.sp == 1:
-        return StepInput(batch.x, noise, t, batch.cu_seqlens, batch.max_seqlen, batch.grid, batch.captions,
-                         None, batch.num_tokens, given)
-    shard = shard_sequence(batch.cu_seqlens, batch.grid, dims.sp, dims.sp_rank)
-    ulysses.bind(shard, batch.x.device)
-    seg = shard.segment_sample                                   # [S]; index B is the pad sample
-    t_all = torch.cat([t, t.new_zeros(1)])                       # the pad's time is irrelevant
+        return StepInput(batch.latents, xt, noise, pack, t, batch.captions, given, per_value(scored),
+                         batch.num_tokens)
+    layout = shard_layout(kernels.layout(*padded_packing(batch.cu_seqlens, batch.grid, dims.sp)), dims.sp,
+                          dims.sp_rank)
+    lo, hi = layout.rows
+    mine = torch.zeros_like(scored)
+    mine[lo:hi] = 1                                                              # rows past the pack are pad
+    seg = layout.whole.sample_index[lo + layout.cu_seqlens[:-1].long()]          # [S] sample of each segment
+    t_all = torch.cat([t, t.new_zeros(1)])                                       # the pad's time is irrelevant
     captions = batch.captions + [""]
-    dev = batch.x.device
-    return StepInput(shard_rows(batch.x, shard), shard_rows(noise, shard), t_all[seg.to(dev)],
-                     shard.cu_seqlens.to(dev), shard.max_seqlen, shard.full_grid[seg].to(dev),
-                     [captions[i] for i in seg.tolist()], shard.segment_offset.to(dev), shard.local_real,
-                     shard_rows(given, shard))
+    return StepInput(batch.latents, xt, noise, layout, t_all[seg], [captions[i] for i in seg.tolist()],
+                     shard_rows(given, layout), per_value(scored * mine), batch.num_tokens)
 
 
-def flow_matching_loss(engine, inp: StepInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def flow_matching_loss(engine, inp: StepInput, values_per_token: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss to backpropagate, plus the token-weighted mean loss over every rank and the real token
     count (0-d tensors on the device: reading them is a host sync, so only logged steps do).
 
-    The objective is the mean over every real token of every pack of the step. Each rank divides
+    The objective is the mean over every scored token of every pack of the step. Each rank divides
     its token-sum by the world's token count and multiplies by the world size, because ZeRO-3's
     reduce-scatter (`reduce_scatter: true`, set in deepspeed_config) averages gradients over all
     ranks, sequence-parallel ones included (DeepSpeed 0.19.8's other path, reduce_scatter off,
     divides by world / sp instead: the config pins the path). So 2 data-parallel ranks equal 1 rank
-    processing both packs, and sp ranks equal 1 rank holding the whole pack.
+    processing both packs, and sp ranks equal 1 rank holding the whole pack. Each sp rank scores
+    only its own tokens and counts its share of the pack's real tokens.
     """
-    cu = inp.cu_seqlens
-    xt = add_noise(inp.x0, inp.noise, inp.t[sample_index(cu, inp.x0.shape[0])])
-    xt = torch.where(inp.given[:, None], inp.x0, xt)                       # given tokens stay clean
-    pred = engine(xt, cu, inp.max_seqlen, inp.grid, inp.t.to(inp.x0.dtype), inp.captions, inp.offset, inp.given)
-    r = inp.real
-    scored = ~inp.given[:r]                                                # [r] tokens in the loss
-    loss_sum = flow_loss_sum(pred[:r], inp.x0[:r], inp.noise[:r], scored.to(pred.dtype))
-    stats = torch.stack([loss_sum.detach().double(), scored.sum().double(), loss_sum.new_tensor(r, dtype=torch.float64)])
+    pred = engine(inp.xt, inp.layout, inp.t.to(inp.x0.dtype), inp.captions, inp.given)   # [N*P]
+    loss_sum = flow_loss_sum(pred, inp.x0, inp.noise, inp.weight, values_per_token)
+    lo, hi = inp.layout.rows or (0, inp.real)
+    real = max(0, min(hi, inp.real) - lo)
+    stats = torch.stack([loss_sum.detach().double(), inp.weight.double().sum() / values_per_token,
+                         loss_sum.new_tensor(real, dtype=torch.float64)])
     world = 1
     if dist.is_initialized():
         dist.all_reduce(stats)
@@ -123,7 +136,7 @@ def flow_matching_loss(engine, inp: StepInput) -> tuple[torch.Tensor, torch.Tens
 
 def check_identical_packs(batch, group) -> None:
     """Debug (parallel.check_packs): every rank of a sequence-parallel group must hold the same pack."""
-    mine = pack_checksum(batch.x, batch.cu_seqlens)
+    mine = pack_checksum(batch.latents, batch.cu_seqlens)
     theirs = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(theirs, mine, group=group)
     if any(not torch.equal(mine, o) for o in theirs):
@@ -153,7 +166,8 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     model = TextToVideo(cfg, device=device.type)
     mpu = init_sequence_parallel_groups(dims.sp) if dims.sp > 1 else None
     engine, sched = build_engine(cfg, model, bf16, mpu)
-    ulysses = wrap_for_sequence_parallel(engine.module.dit, mpu.get_sequence_parallel_group()) if mpu else None
+    if mpu:
+        wrap_for_sequence_parallel(engine.module.dit, mpu.get_sequence_parallel_group())
     ema = ShardedEMA(engine.module.named_parameters(), cfg.train.ema)
     ckpt_dir = run_dir / "checkpoints"
 
@@ -204,7 +218,8 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
             if cfg.parallel.check_packs and mpu:
                 check_identical_packs(batch, mpu.get_sequence_parallel_group())
             t, noise, given = draw_noise(batch, gen, cfg)
-            objective, loss, tokens = flow_matching_loss(engine, step_input(batch, t, noise, given, dims, ulysses))
+            inp = step_input(batch, t, noise, given, cfg, engine.module.dit.kernels, dims)
+            objective, loss, tokens = flow_matching_loss(engine, inp, batch.values_per_token)
             if step in nan_steps:
                 objective = objective * float("nan")
             engine.backward(objective)
