@@ -4,7 +4,7 @@ It starts `python -m MODULE ARGS...` as its child with stdout and stderr appende
 per global rank (`LOG_DIR/rank-<RANK>.log`), waits for it, writes the child's exit code to
 `EXIT_DIR/rank-<RANK>` and exits with that code. torchrun and DeepSpeed's launcher both report a
 failed rank as a plain 1; the batch script reads these files instead to tell "preempted, checkpoint
-saved" (75) from "diverged" (76) from a crash.
+saved" (75) from "diverged" (76) from "cannot write" (74) from a crash.
 
 Signals: SIGTERM, SIGINT and SIGHUP (which torchrun / DeepSpeed send their workers on shutdown) are
 passed on to the child. SIGUSR1 is passed on only with --forward-usr1: under Slurm every process of

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 from sora.config import ConfigError, load_config
 from sora.data.ingest.options import DEFAULT_MAX_PIXELS
@@ -37,30 +36,26 @@ def _cmd_ingest(a):
     print(format_summary(summary))
 
 
-def _cmd_train_vae(a):
-    from sora.train.vae_trainer import train_vae
-
-    cfg = load_config(a.config, a.overrides)
-    print(f"VAE run directory: {train_vae(cfg)}")
-
-
 def _cmd_train(a):
-    from sora.train.faults import Diverged, Preempted, PreemptionFlag
+    """`sora train` (the DiT) and `sora train-vae`: the same start, the same ways to stop."""
+    from sora.train.faults import PreemptionFlag, Stopped
 
     preempt = PreemptionFlag()   # before the heavy imports: SIGUSR1/SIGTERM from here on checkpoint
-    from sora.train.trainer import train_dit
-
+    if a.cmd == "train":
+        from sora.train.trainer import train_dit as train
+    else:
+        from sora.train.vae_trainer import train_vae as train
     cfg = load_config(a.config, a.overrides)
     try:
-        run = train_dit(cfg, preempt)
-    except (Preempted, Diverged) as e:
-        print(f"sora train: {type(e).__name__.lower()}: {e} (exit {e.exit_code})", file=sys.stderr)
+        run = train(cfg, preempt)
+    except Stopped as e:
+        print(f"sora {a.cmd}: {e.what}: {e} (exit {e.exit_code})", file=sys.stderr)
         return e.exit_code
     finally:
         preempt.restore()
         _close_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"DiT run directory: {run}")
+        print(f"{'DiT' if a.cmd == 'train' else 'VAE'} run directory: {run}")
 
 
 def _close_process_group() -> None:
@@ -163,12 +158,11 @@ def main(argv=None) -> int:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_ingest)
 
-    for name, fn, what in (("train-vae", _cmd_train_vae, "stage 1: the causal VAE"),
-                           ("train", _cmd_train, "stage 2: the DiT (DeepSpeed)")):
+    for name, what in (("train-vae", "stage 1: the causal VAE (DeepSpeed)"), ("train", "stage 2: the DiT (DeepSpeed)")):
         t = sub.add_parser(name, help=what)
         t.add_argument("config")
         t.add_argument("overrides", nargs="*", help="dotted key=value pairs")
-        t.set_defaults(fn=fn)
+        t.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("sample", help="generate one video from a prompt")
     s.add_argument("--run", required=True, help="run directory, or a FILE.safetensors from `sora export`")

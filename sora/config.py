@@ -191,7 +191,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return dict(value)
         if origin in (tuple, list):
             if isinstance(value, str):
-                value = yaml.safe_load(value)
+                value = _parse_yaml(value, f"config key '{key}'")
             if not isinstance(value, (list, tuple)):
                 raise ValueError(value)
             return origin(value)
@@ -226,11 +226,27 @@ def _merge(obj: Any, data: dict, prefix: str) -> None:
             setattr(obj, name, _coerce(value, hints[name], key))
 
 
+def _parse_yaml(text: str, where: str) -> Any:
+    """YAML -> Python, or a ConfigError naming `where` and the line and column of the problem."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        def at(mark) -> str:
+            return f"line {mark.line + 1}, column {mark.column + 1}"
+
+        problem, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        msg = f"{where} is not valid YAML"
+        msg += f" at {at(problem)}: {e.problem}" if problem is not None else f": {str(e).splitlines()[0]}"
+        if context is not None and getattr(e, "context", None) and (problem is None or at(context) != at(problem)):
+            msg += f" ({e.context} at {at(context)})"
+        raise ConfigError(msg) from None
+
+
 def _parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    value = _parse_yaml(raw, f"override '{text}'") if raw != "" else ""
     nested: dict = {}
     node = nested
     parts = key.strip().split(".")
@@ -247,7 +263,7 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file '{path}' does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _parse_yaml(p.read_text(), f"config file '{path}'") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
         _merge(cfg, data, "")

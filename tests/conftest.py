@@ -42,6 +42,14 @@ def _threads():
     yield
 
 
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """Tiny dataset + VAE shared by the tests of whole training runs (tests/cli_runs.py)."""
+    from tests.cli_runs import make_world
+
+    return make_world(tmp_path_factory.mktemp("world"))
+
+
 def pytest_configure(config):
     for name, what in (("slow", "takes more than a few seconds"), ("distributed", "starts several ranks"),
                        ("gpu", "needs a CUDA device"),

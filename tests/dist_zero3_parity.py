@@ -4,7 +4,6 @@ With W ranks, rank r trains on packs[r::W] of each step; with 1 rank it trains o
 step concatenated into one pack. Writes the full gradients of the first step and the parameters
 after every step (gathered) so the test can compare the two runs.
 """
-import os
 import sys
 
 import torch
@@ -16,7 +15,8 @@ from sora.diffusion.flow import first_frame_tokens
 from sora.models.t2v import TextToVideo
 from sora.parallel.dims import init_distributed
 from sora.train.checkpoint import gather_full_state
-from sora.train.trainer import build_engine, flow_matching_loss, step_input
+from sora.train.engine import build_engine
+from sora.train.trainer import flow_matching_loss, step_input
 
 CAPS = ["a red circle moving left", "a blue square moving up", "", "a white triangle moving down"]
 

@@ -111,3 +111,7 @@ def test_bad_config_fails_fast_naming_the_key(tmp_path):
     r = sora("train", str(tmp_path / "missing.yaml"), cwd=tmp_path)
     assert r.returncode == 2 and "does not exist" in r.stderr
     assert not any(tmp_path.iterdir())  # nothing was created before the error
+    (tmp_path / "bad.yaml").write_text("run: [\n")
+    r = sora("train", str(tmp_path / "bad.yaml"), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"sora train: error: config file '{tmp_path / 'bad.yaml'}' is not valid YAML at line 2, column 1: " in r.stderr

@@ -53,6 +53,23 @@ def test_missing_file():
         load_config("configs/nope.yaml")
 
 
+@pytest.mark.parametrize("text, where", [
+    ("run: [\n", "line 2, column 1: expected the node content"),           # an unclosed list
+    ("run:\n  dir: x\n data: 3\n", "line 3, column 2: expected <block end>"),   # bad indentation
+    ("run: {dir: x\n", "line 2, column 1: expected ',' or '}'"),
+    ("a: 'x\n", "line 2, column 1: found unexpected end of stream"),       # a scanner error
+])
+def test_invalid_yaml_names_file_line_and_column(tmp_path, text, where):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=f"config file '.*bad.yaml' is not valid YAML at {where}"):
+        load_config(str(tmp_path / "bad.yaml"))
+
+
+def test_invalid_yaml_in_an_override_names_it():
+    with pytest.raises(ConfigError, match=r"override 'model.patch=\[1,2' is not valid YAML at line 1, column 5"):
+        load_config("configs/demo.yaml", ["model.patch=[1,2"])
+
+
 def test_retired_key_in_an_old_run_config_is_ignored_with_a_warning(tmp_path):
     (tmp_path / "old.yaml").write_text("data:\n  num_workers: 4\n  max_frames: 9\n")
     with pytest.warns(UserWarning, match="data.num_workers' is retired"):

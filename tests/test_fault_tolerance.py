@@ -21,55 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.cli_runs import dit_args, env, logged, logged_steps, metrics, newest, sora, wait_for
+
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ["model.depth=2", "model.width=48", "model.heads=4", "vae.channels=8", "data.tokens_per_batch=600",
-        "data.shuffle_buffer=4", "run.log_every=1", "optim.warmup=2"]
-
-
-def _env(**extra):
-    return dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
-
-
-def sora(*args, cwd, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "sora.cli", *args], cwd=cwd, env=env or _env(),
-                          capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Tiny dataset + VAE shared by the tests of this module."""
-    root = tmp_path_factory.mktemp("faults")
-    r = sora("synth", "--out", str(root / "data"), "--clips", "24", "--heldout", "4", "--seed", "5", cwd=root)
-    assert r.returncode == 0, r.stderr
-    r = sora("train-vae", f"{ROOT}/configs/demo-vae.yaml", f"data.path={root / 'data'}", f"run.dir={root / 'vae'}",
-             "train.steps=2", "vae.channels=8", "data.shuffle_buffer=4", cwd=root)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return root
-
-
-def dit_args(world, run, steps, *extra):
-    return ["train", f"{ROOT}/configs/demo.yaml", f"data.path={world / 'data'}", f"vae.run={world / 'vae'}",
-            f"run.dir={run}", f"train.steps={steps}", *TINY, *extra]
-
-
-def metrics(run) -> dict[int, dict]:
-    """step -> the last record logged for it (a resumed run logs its steps again)."""
-    out = {}
-    for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        out[rec["step"]] = rec
-    return out
-
-
-def _logged(run) -> bool:
-    p = Path(run) / "metrics.jsonl"
-    return p.is_file() and p.stat().st_size > 0
-
-
-def newest(run) -> str | None:
-    p = Path(run) / "checkpoints" / "newest"
-    return p.read_text().strip() if p.is_file() else None
 
 
 def test_sigkill_then_resume_is_bitwise_identical(world):
@@ -80,10 +34,8 @@ def test_sigkill_then_resume_is_bitwise_identical(world):
 
     run = world / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "sora.cli", *dit_args(world, run, steps, "run.save_every=2")],
-                            cwd=world, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while newest(run) != "step00000003" and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+                            cwd=world, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: newest(run) == "step00000003", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert newest(run) == "step00000003", "the run ended before it could be killed mid-way"
@@ -94,8 +46,7 @@ def test_sigkill_then_resume_is_bitwise_identical(world):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stderr
     a, b = metrics(ref), metrics(run)
-    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert logged == list(range(steps))            # steps after the checkpoint were dropped, then relogged
+    assert logged_steps(run) == list(range(steps))            # steps after the checkpoint were dropped, then relogged
     for s in range(steps):
         assert (a[s]["loss"], a[s]["grad_norm"], a[s]["tokens"]) == (b[s]["loss"], b[s]["grad_norm"], b[s]["tokens"]), s
     ref_w, run_w = load_file(str(ref / "final" / "model.safetensors")), load_file(str(run / "final" / "model.safetensors"))
@@ -120,10 +71,8 @@ def test_sigkill_then_resume_is_bitwise_identical(world):
 def test_sigusr1_checkpoints_and_exits_75_then_resumes(world):
     run = world / "usr1"
     proc = subprocess.Popen([sys.executable, "-m", "sora.cli", *dit_args(world, run, 40, "run.save_every=100")],
-                            cwd=world, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not _logged(run) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+                            cwd=world, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: logged(run), proc)
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, err[-3000:]
@@ -140,8 +89,8 @@ def test_sigusr1_checkpoints_and_exits_75_then_resumes(world):
 
 def test_nonfinite_steps_are_skipped_then_stop_training(world):
     run = world / "nan"
-    env = _env(SORA_FAULT_NAN_STEPS="1,4,5")
-    r = sora(*dit_args(world, run, 10, "run.save_every=3", "train.max_nonfinite_steps=2"), cwd=world, env=env)
+    r = sora(*dit_args(world, run, 10, "run.save_every=3", "train.max_nonfinite_steps=2"), cwd=world,
+             env_=env(SORA_FAULT_NAN_STEPS="1,4,5"))
     assert r.returncode == 76, r.stderr[-3000:]
     m = metrics(run)
     assert m[1]["nonfinite_skipped"] == 1 and m[2]["nonfinite_skipped"] == 1
@@ -194,10 +143,8 @@ def test_a_killed_rank_stops_the_others_promptly(world):
     run = world / "deadrank"
     cmd = [sys.executable, "-m", "launcher.cli", "local", "--nproc", "2",
            *dit_args(world, run, 400, "run.save_every=1000", "parallel.timeout_s=30")]
-    proc = subprocess.Popen(cmd, cwd=world, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not _logged(run) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
+    proc = subprocess.Popen(cmd, cwd=world, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: logged(run), proc)
     pids = _rank_pids(proc.pid)
     assert set(pids) == {0, 1}, pids
     os.kill(pids[1], signal.SIGKILL)

@@ -9,6 +9,8 @@ torch's MemTracker on CPU, within 20%.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -63,8 +65,10 @@ def test_t2v_flops_exact_with_trainable_text_encoder():
     cfg = load_config(None, ["model.depth=2", "model.width=64", "model.heads=4", "text.dim=32", "text.heads=4",
                              "text.layers=1"])
     model = TextToVideo(cfg).train()
-    captions = ["a red circle moving left", "", "a big white triangle moving up and then down"]
-    ctx_lens = (model.text.tokenizer(captions)[1].diff()).tolist()
+    # punctuation, the empty caption, one longer than text.max_tokens: not the caption's word count
+    captions = ["a red circle, moving left!", "", " ".join(["a big white triangle moving up and then down"] * 4)]
+    ctx_lens = model.text_lengths(captions)
+    assert ctx_lens == model.encode_text(captions, "cpu")[1].diff().tolist() == [6, 1, cfg.text.max_tokens]
     seqlens = [12, 30, 5]
     x, cu, mx, grid, t, _, _, _ = _packed(seqlens, ctx_lens, in_dim=model.dit.in_dim)
     with F.flop_counter() as fc:
@@ -73,6 +77,9 @@ def test_t2v_flops_exact_with_trainable_text_encoder():
     assert shape.text_layers == 1 and shape.dit_params() == sum(p.numel() for p in model.dit.parameters())
     est = F.step_flops(shape, seqlens, ctx_lens, attention=F.attention_path(model.dit.kernels.attention))
     assert est.executed == fc.get_total_flops()
+    # the trainer's MFU numerator on this pack: the same count, without flash-style recompute
+    from sora.train.trainer import model_flops
+    assert model_flops(shape, model, SimpleNamespace(cu_seqlens=cu, captions=captions)) == est.model
 
 
 def test_flops_attention_grows_with_sample_length_not_pack_length():

@@ -177,6 +177,7 @@ def test_requeue_trap_forwards_usr1_then_requeues(tmp_path):
     ([75, 75], 1, 0, 0, True, "requeueing job 4242"),      # preempted on its own (e.g. SIGTERM): requeue
     ([75, 1], 1, 3, 0, True, "requeueing"),               # one rank checkpointed and left, one was killed
     ([76, 75], 1, 0, 76, False, "diverged (76): not requeueing"),
+    ([74, 75], 1, 0, 74, False, "storage error (74): not requeueing"),   # a full disk stays full
     ([75, 75], 1, 20, 75, False, "reached the limit 20: not requeueing"),
     ([0, 1], 1, 0, 1, False, "rank exit codes: 0 1"),     # a crash is not requeued: it would loop
     ([], 3, 0, 3, False, "srun exited with 3"),           # no rank started

@@ -3,10 +3,11 @@
 A 2-rank job (torchrun + gloo, the stand-in trainer tests/standin_trainer.py) is submitted with
 `sora-launch slurm`, signalled like a preemption (`scancel --signal=USR1 --batch`), checkpoints, exits
 75, requeues itself, resumes from its checkpoint and finishes with every step logged exactly once.
-The same cycle with the real trainer: `sora train configs/demo.yaml` at a tiny size (2 ranks, tiny data
-and VAE made here), USR1 mid-run -> the trainer checkpoints, exits 75 (exit_status.json, launcher.rank's
-record, the batch script's requeue) -> the second start logs "resumed from ... at step K" with K-1 that
-checkpoint -> it finishes (exit_status.json code 0, final weights) with every step in metrics.jsonl once.
+The same cycle with the real trainers, `sora train configs/demo.yaml` and `sora train-vae
+configs/demo-vae.yaml` at a tiny size (2 ranks, tiny data and VAE made here), USR1 mid-run -> the
+trainer checkpoints, exits 75 (exit_status.json, launcher.rank's record, the batch script's requeue)
+-> the second start logs "resumed from ... at step K" with K-1 that checkpoint -> it finishes
+(exit_status.json code 0, final weights) with every step in metrics.jsonl once.
 Then: a diverged run (76) is not requeued, the restart limit stops requeueing, an unknown partition is
 refused before submitting, and status / logs / cancel work on real jobs.
 
@@ -178,12 +179,12 @@ def test_cancel_and_bad_input_against_the_cluster(cluster, tmp_path, capsys):
     assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == before
 
 
-# ---- the real trainer: `sora train configs/demo.yaml` at a tiny size, through the same cycle ----------
+# ---- the real trainers at a tiny size, through the same cycle ----------------------------------------
 
 ROOT = TESTS.parent
 REAL_STEPS = 40
-TINY = ["vae.channels=8", "model.depth=2", "model.width=48", "model.heads=4", "data.tokens_per_batch=600",
-        "data.shuffle_buffer=4", "optim.warmup=2", "run.log_every=1", "run.save_every=5"]
+COMMON = ["vae.channels=8", "data.shuffle_buffer=4", "optim.warmup=2", "run.log_every=1", "run.save_every=5"]
+DIT = ["model.depth=2", "model.width=48", "model.heads=4", "data.tokens_per_batch=600"]
 
 
 def _sora(*args: str, cwd: Path) -> None:
@@ -203,17 +204,21 @@ def tiny_world(tmp_path_factory) -> Path:
     return root
 
 
-def test_real_trainer_preempt_requeue_resume_finish(cluster, tiny_world, capsys):
-    """`sora train configs/demo.yaml` (tiny model, tiny data), 2 ranks on one node through `sora-launch slurm`:
-    USR1 mid-run -> the trainer checkpoints and exits 75 (through launcher.rank and the batch script) ->
-    requeued -> the second start resumes from that checkpoint -> finishes, every step logged once."""
+@pytest.mark.parametrize("command, config, args, weights", [
+    ("train", "demo.yaml", DIT, ["final/model.safetensors", "final/ema.safetensors"]),
+    ("train-vae", "demo-vae.yaml", ["train.zero_stage=2"], ["vae.safetensors"]),
+])
+def test_real_trainer_preempt_requeue_resume_finish(cluster, tiny_world, capsys, command, config, args, weights):
+    """`sora train` / `sora train-vae` (tiny model, tiny data), 2 ranks on one node through `sora-launch
+    slurm`: USR1 mid-run -> the trainer checkpoints and exits 75 (through launcher.rank and the batch
+    script) -> requeued -> the second start resumes from that checkpoint -> finishes, every step logged once."""
     t0 = time.monotonic()
-    run = tiny_world / "dit"
+    run = tiny_world / command
     argv = ["slurm", "--nodes", "1", "--gpus-per-node", "0", "--nproc-per-node", "2", "--partition", "debug",
             "--time", "10:00", "--signal-seconds", "60", "--job-name", "sora-real", "--python", sys.executable,
             "--env", f"PYTHONPATH={ROOT}", "--env", "OMP_NUM_THREADS=1",
-            "--", "train", str(ROOT / "configs" / "demo.yaml"), f"data.path={tiny_world / 'data'}",
-            f"vae.run={tiny_world / 'vae'}", f"run.dir={run}", f"train.steps={REAL_STEPS}", *TINY]
+            "--", command, str(ROOT / "configs" / config), f"data.path={tiny_world / 'data'}",
+            f"vae.run={tiny_world / 'vae'}", f"run.dir={run}", f"train.steps={REAL_STEPS}", *COMMON, *args]
     assert cli.main(argv) == 0  # no --output-dir: the run directory (run.dir=) holds the job's files
     job_id = capsys.readouterr().out.strip()
     assert (run / "slurm_job_id").read_text().strip() == job_id
@@ -251,10 +256,10 @@ def test_real_trainer_preempt_requeue_resume_finish(cluster, tiny_world, capsys)
     assert f"resumed from {run / 'checkpoints'} at step {preempted_at + 1} " in log0
 
     assert json.loads((run / "exit_status.json").read_text())["code"] == 0
-    assert (run / "final" / "ema.safetensors").is_file() and (run / "final" / "model.safetensors").is_file()
+    assert all((run / w).is_file() for w in weights)
     assert [r["step"] for r in steps(run)] == list(range(REAL_STEPS))  # every step exactly once
     assert cli.main(["status", str(run)]) == 0
     out = capsys.readouterr().out
     assert "state     COMPLETED" in out and "restarts  1" in out and f"last logged step   {REAL_STEPS - 1}" in out
-    print(f"real trainer preempt/requeue/resume cycle: {time.monotonic() - t0:.1f} s "
+    print(f"real `sora {command}` preempt/requeue/resume cycle: {time.monotonic() - t0:.1f} s "
           f"(preempted at step {preempted_at})", file=sys.stderr)

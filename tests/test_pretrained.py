@@ -97,6 +97,7 @@ def test_text_encoders_from_local_directory(tmp_path, make):
     captions = ["a red circle moving left", "blue", "a blue circle"]
     ctx, cu = enc.encode(captions)
     assert cu.tolist() == [0, 5, 6, 9] and ctx.shape == (9, 16)
+    assert enc.lengths(captions) == [5, 1, 3]               # what the trainer's MFU counts
     for i, c in enumerate(captions):                        # each caption alone, no padding: the library's forward
         ids = enc.tok([c], return_tensors="pt").input_ids
         with torch.no_grad():

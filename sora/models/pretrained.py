@@ -137,11 +137,19 @@ class PretrainedTextEncoder(nn.Module):
         enc = self.tok(captions, max_length=self.max_tokens, truncation=True, padding=True, return_tensors="pt")
         return enc.input_ids, enc.attention_mask
 
+    @staticmethod
+    def _lengths(mask: torch.Tensor) -> torch.Tensor:
+        return mask.sum(1).clamp(min=1)          # [B]; an empty caption still yields one token
+
+    def lengths(self, captions: list[str]) -> list[int]:
+        """Tokens `encode` makes of each caption."""
+        return self._lengths(self.tokenizer(captions)[1]).tolist()
+
     @torch.no_grad()
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenizer(captions)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state   # [B, L, Dt]
-        lens = mask.sum(1).clamp(min=1)
+        lens = self._lengths(mask)
         ctx = torch.cat([hidden[b, : lens[b]] for b in range(len(captions))])       # [M, Dt]
         cu = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
         return ctx, cu

@@ -39,6 +39,13 @@ class TextToVideo(nn.Module):
         ctx, cu = self._frozen_text[0].encode(captions)
         return ctx.to(device), cu.to(device)
 
+    def text_lengths(self, captions: list[str]) -> list[int]:
+        """Tokens `encode_text` makes of each caption (the tokenizer alone: for the cost model)."""
+        if self.text is not None:
+            _, cu = self.text.tokenizer(captions)
+            return (cu[1:] - cu[:-1]).tolist()
+        return self._frozen_text[0].lengths(captions)
+
     def layout(self, cu_seqlens: torch.Tensor, grid: torch.Tensor):
         """The PackedLayout of a pack of whole samples (token grids [B, 3]), on the model's kernels."""
         return self.dit.kernels.layout(cu_seqlens, grid)

@@ -1,9 +1,13 @@
 """Periodic DeepSpeed checkpoints with a pointer to the newest complete one.
 
-Every rank writes its shards (model/optimizer/LR schedule via DeepSpeed, EMA shard via
-safetensors, RNG and loader position as JSON) into a temporary directory; only after a barrier
-does rank 0 rename it into place and move the `newest` pointer (write-then-rename), so an
+Every rank writes its shards (each engine's model/optimizer/LR schedule via DeepSpeed, the EMA
+shard via safetensors, RNG and loader position as JSON) into a temporary directory; only after a
+barrier does rank 0 rename it into place and move the `newest` pointer (write-then-rename), so an
 interrupted save never becomes the one a restart resumes from.
+
+Layout of `checkpoints/stepN/`: the first engine (the trained model) at the top, in DeepSpeed's
+own layout (what `sora export` reads); any other engine (the VAE's discriminator) in a
+subdirectory named after it.
 """
 from __future__ import annotations
 
@@ -37,16 +41,28 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
     return sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step"))
 
 
-def save_checkpoint(engine, ema, ckpt_dir: Path, step: int, keep: int, rank_state: dict | None = None) -> str:
+def step_tag(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def _engine_dir(ckpt_dir: Path, tag: str, index: int, name: str) -> tuple[str, str]:
+    """(save_dir, tag) DeepSpeed is given for the index-th engine."""
+    return (str(ckpt_dir), tag) if index == 0 else (str(ckpt_dir / tag), name)
+
+
+def save_checkpoint(engines: dict, ema, ckpt_dir: Path, step: int, keep: int, rank_state: dict | None = None) -> str:
     """All ranks write into tmp-TAG; after a barrier rank 0 renames it to TAG, then moves the
     `newest` pointer (write + rename), then prunes. A crash at any point leaves `newest` on a
     complete checkpoint; leftover tmp-* directories are removed at the next start."""
-    tag = f"step{step:08d}"
+    tag = step_tag(step)
     tmp_tag = TMP_PREFIX + tag
-    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state={"step": step}, save_latest=False)
+    for i, (name, engine) in enumerate(engines.items()):
+        save_dir, ds_tag = _engine_dir(ckpt_dir, tmp_tag, i, name)
+        engine.save_checkpoint(save_dir, tag=ds_tag, client_state={"step": step}, save_latest=False)
     rank = dist.get_rank()
-    save_file({str(i): s.contiguous() for i, s in enumerate(ema.shadow)},
-              str(ckpt_dir / tmp_tag / f"ema_rank{rank:05d}.safetensors"))
+    if ema is not None:
+        save_file({str(i): s.contiguous() for i, s in enumerate(ema.shadow)},
+                  str(ckpt_dir / tmp_tag / f"ema_rank{rank:05d}.safetensors"))
     if rank_state is not None:
         (ckpt_dir / tmp_tag / f"state_rank{rank:05d}.json").write_text(json.dumps(rank_state))
     dist.barrier()
@@ -76,7 +92,7 @@ def remove_incomplete(ckpt_dir: Path) -> list[str]:
     return gone
 
 
-def load_checkpoint(engine, ema, ckpt_dir: Path) -> tuple[int, dict | None]:
+def load_checkpoint(engines: dict, ema, ckpt_dir: Path) -> tuple[int, dict | None]:
     """Resume from the newest complete checkpoint: (next step, this rank's saved state or None)."""
     if dist.get_rank() == 0:
         for name in remove_incomplete(ckpt_dir):
@@ -85,13 +101,21 @@ def load_checkpoint(engine, ema, ckpt_dir: Path) -> tuple[int, dict | None]:
     tag = newest_tag(ckpt_dir)
     if tag is None:
         return 0, None
-    _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    start = 0
+    for i, (name, engine) in enumerate(engines.items()):
+        load_dir, ds_tag = _engine_dir(ckpt_dir, tag, i, name)
+        if i and not (ckpt_dir / tag / name).is_dir():
+            raise FileNotFoundError(f"checkpoint {ckpt_dir / tag} has no state for '{name}' (was it saved "
+                                    "by a run configured without it?)")
+        _, client = engine.load_checkpoint(load_dir, tag=ds_tag)
+        start = start or int(client["step"]) + 1
     rank = dist.get_rank()
-    shards = load_file(str(ckpt_dir / tag / f"ema_rank{rank:05d}.safetensors"))
-    ema.load_shadow([shards[str(i)] for i in range(len(shards))])
+    if ema is not None:
+        shards = load_file(str(ckpt_dir / tag / f"ema_rank{rank:05d}.safetensors"))
+        ema.load_shadow([shards[str(i)] for i in range(len(shards))])
     state_file = ckpt_dir / tag / f"state_rank{rank:05d}.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else None
-    return int(client["step"]) + 1, state
+    return start, state
 
 
 def gather_full_state(module) -> dict[str, torch.Tensor]:

@@ -1,8 +1,9 @@
-"""Surviving faults: preemption signals and non-finite steps.
+"""Surviving faults: preemption signals, non-finite steps, storage that cannot take a save.
 
 SIGTERM / SIGUSR1 (Slurm sends one before a time limit or preemption) only set a flag; the
 training loop checks it at a step boundary, all ranks agree through one all-reduce, checkpoint
 together and exit with `exit_codes.PREEMPTED`. A signal handler never does collective work itself.
+Each way a run stops on purpose is a `Stopped` exception carrying its exit code.
 """
 from __future__ import annotations
 
@@ -15,14 +16,29 @@ from sora.train import exit_codes   # no torch at import: `sora train` installs 
 log = logging.getLogger("sora.train")
 
 
-class Preempted(Exception):
+class Stopped(Exception):
+    """Training stopped on purpose; the process exits with `exit_code` (`what` names the reason)."""
+    exit_code = 1
+    what = "stopped"
+
+
+class Preempted(Stopped):
     """Checkpointed after SIGTERM/SIGUSR1; the process should exit with exit_codes.PREEMPTED."""
     exit_code = exit_codes.PREEMPTED
+    what = "preempted"
 
 
-class Diverged(Exception):
+class Diverged(Stopped):
     """Too many non-finite steps in a row; the last good checkpoint is kept."""
     exit_code = exit_codes.DIVERGED
+    what = "diverged"
+
+
+class StorageError(Stopped):
+    """The run directory cannot be written, or a checkpoint would not fit / failed to write; the
+    message names the path, the space needed and the last complete checkpoint."""
+    exit_code = exit_codes.STORAGE
+    what = "storage error"
 
 
 class PreemptionFlag:

@@ -171,13 +171,6 @@ def step_flops(s: DiTShape, seqlens: list[int], ctx_lens: list[int], checkpointi
     return StepFlops(forward, backward, recompute, attn_fwd, int((bwd_factor - 2.0) * attn_fwd))
 
 
-def train_flops(depth: int, width: int, in_dim: int, text_dim: int, mlp_ratio: float,
-                seqlens: list[int], ctx_lens: list[int], text_layers: int = 0) -> int:
-    """Model FLOPs of one training step (the trainer's MFU numerator): `step_flops(...).model`."""
-    s = DiTShape(depth, width, 1, in_dim, text_dim, mlp_ratio, text_layers=text_layers)
-    return step_flops(s, seqlens, ctx_lens).model
-
-
 def attention_path(attention_fn, device: str = "cpu") -> str:
     """"flash" if `attention_fn` (varlen convention) dispatches to a fused SDPA kernel that
     recomputes scores in backward, "math" if it materialises them (bmm + softmax)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sora.train.faults import StorageError
+
 
 def truncate_from(path: Path, step: int) -> int:
     """Drop records of steps >= `step` (logged after the checkpoint a resume starts from, so they
@@ -27,7 +29,8 @@ class MetricsLogger:
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
             truncate_from(run_dir / "metrics.jsonl", start_step)
-            self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+            self.path = run_dir / "metrics.jsonl"
+            self.file = open(self.path, "a", buffering=1)
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(run_dir / "tb"))
@@ -37,7 +40,10 @@ class MetricsLogger:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
+        try:
+            self.file.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise StorageError(f"cannot append to '{self.path}': {e.strerror or e}") from e
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":

@@ -1,9 +1,14 @@
-"""Stage 2: train the text-conditioned DiT with flow matching on packed latents under DeepSpeed."""
+"""Stage 2: train the text-conditioned DiT with flow matching on packed latents under DeepSpeed.
+
+The DiT's own step lives here, in one place: `draw_noise` (times, noise, given tokens),
+`step_input` (this rank's share of the pack), `flow_matching_loss` (the model call and the loss).
+`train_dit` is the loop around it; engines, checkpoints, resume, preemption, metrics and the
+final export are the shared plumbing of `sora.train.session`.
+"""
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -11,9 +16,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
-from sora.config import Config, resolved_dims, save_config, uses_bf16
+from sora.config import Config
 from sora.data.latent_shards import latent_stream, uses_latent_shards
 from sora.data.loader import PackedLoader, VideoStream
 from sora.data.shards import SkipStats, list_shards
@@ -21,33 +25,19 @@ from sora.diffusion.flow import add_noise, first_frame_tokens, flow_loss_sum, sa
 from sora.models.t2v import TextToVideo
 from sora.ops import PackedLayout
 from sora.ops.patchify import unpatchify_packed_torch
-from sora.parallel.deepspeed_config import deepspeed_config
-from sora.parallel.dims import ParallelDims, compute_device, init_distributed
+from sora.parallel.dims import ParallelDims
 from sora.parallel.sequence import padded_packing, shard_layout, shard_rows
 from sora.parallel.ulysses import init_sequence_parallel_groups, pack_checksum, wrap_for_sequence_parallel
-from sora.train import rng_state
 from sora.train.artifacts import check_vae_matches, load_vae, save_weights
-from sora.train.checkpoint import gather_full_state, load_checkpoint, save_checkpoint
+from sora.train.checkpoint import gather_full_state
 from sora.train.ema import ShardedEMA
-from sora.train.faults import Diverged, NonFiniteGuard, Preempted, PreemptionFlag, injected_nan_steps
-from sora.train.flops import peak_flops, train_flops
-from sora.train.metrics import MetricsLogger
-from sora.train.schedule import warmup_cosine
+from sora.train.engine import grad_norm
+from sora.train.faults import NonFiniteGuard, PreemptionFlag, injected_nan_steps
+from sora.train.flops import DiTShape, peak_flops, step_flops
+from sora.train.session import Checkpointed, TrainSession
 
 log = logging.getLogger("sora.train")
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-
-
-def build_engine(cfg: Config, model: torch.nn.Module, bf16: bool, mpu=None):
-    import deepspeed
-
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                            weight_decay=cfg.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, cfg.optim.warmup, cfg.train.steps, cfg.optim.min_lr_ratio))
-    engine, _, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, mpu=mpu,
-                                               config=deepspeed_config(cfg, bf16))
-    return engine, sched
 
 
 def draw_noise(batch, gen: torch.Generator, cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -144,32 +134,32 @@ def check_identical_packs(batch, group) -> None:
                            f"(checksums {[o.tolist() for o in theirs]})")
 
 
+def model_flops(shape: DiTShape, model: TextToVideo, batch) -> int:
+    """Model FLOPs (forward + backward, no recomputation: the MFU numerator) of one step on the
+    whole pack, counting each caption as the tokens the model's text encoder makes of it."""
+    seqlens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
+    return step_flops(shape, seqlens, model.text_lengths(batch.captions)).model
+
+
 def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     """Train, checkpointing every run.save_every steps; resumes from the newest checkpoint in
     run.dir. Raises faults.Preempted after checkpointing on SIGTERM/SIGUSR1, faults.Diverged after
-    train.max_nonfinite_steps non-finite steps in a row."""
-    own_flag = preempt is None      # `sora train` installs it before its imports: a signal during
-    preempt = preempt or PreemptionFlag()   # start-up must not kill us before the first checkpoint
-    dims = init_distributed(cfg.parallel.sp, cfg.parallel.timeout_s)
-    device = compute_device()
-    bf16 = uses_bf16(cfg.train.precision, device.type)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    run_dir = Path(cfg.run.dir)
+    train.max_nonfinite_steps non-finite steps in a row, faults.StorageError when a checkpoint
+    does not fit or the run directory cannot be written."""
+    session = TrainSession(cfg, "dit", preempt, sp=cfg.parallel.sp)
+    dims, device, dtype = session.dims, session.device, session.dtype
     latent = uses_latent_shards(cfg)      # `sora preprocess` output: no VAE here, no online encoding
     if not latent:
         vae, vae_cfg = load_vae(cfg.vae.run, device)
         check_vae_matches(cfg, vae_cfg)
-    if dims.is_main:
-        save_config(cfg, run_dir / "config.yaml")
 
     torch.manual_seed(cfg.run.seed)  # identical init on every rank
     model = TextToVideo(cfg, device=device.type)
     mpu = init_sequence_parallel_groups(dims.sp) if dims.sp > 1 else None
-    engine, sched = build_engine(cfg, model, bf16, mpu)
+    engine, sched = session.build_engine(model, mpu)
     if mpu:
         wrap_for_sequence_parallel(engine.module.dit, mpu.get_sequence_parallel_group())
     ema = ShardedEMA(engine.module.named_parameters(), cfg.train.ema)
-    ckpt_dir = run_dir / "checkpoints"
 
     stats = SkipStats()
     videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, cfg.vae.ft, cfg.vae.fh,
@@ -184,35 +174,21 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     loader = PackedLoader(videos, encode, cfg.model.patch, cfg.data.tokens_per_batch, cfg.data.caption_dropout,
                           cfg.run.seed, latent_shape=latent_shape)
     gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + dims.dp_rank + 1)
-    start, saved = load_checkpoint(engine, ema, ckpt_dir)
-    if start:
-        if saved is None:
-            raise RuntimeError(f"checkpoint in {ckpt_dir} has no RNG/loader state for rank {dims.rank}")
-        rng_state.restore(saved["rng"], {"noise": gen})
-        replay = saved["packs_taken"] if start < cfg.train.steps else 0   # a finished run only re-exports
-        loader.skip(replay)
-        if dims.is_main:
-            log.info("resumed from %s at step %d (loader replayed %d packs)", ckpt_dir, start, replay)
+    start, packs_taken = session.resume(Checkpointed({"model": engine}, {"noise": gen}, "packs_taken",
+                                                     lambda: loader.packs_taken, ema))
+    loader.skip(packs_taken if start < cfg.train.steps else 0)   # a finished run only re-exports
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(engine, ema, ckpt_dir, step, cfg.run.keep_checkpoints,
-                        {"rng": rng_state.capture({"noise": gen}), "packs_taken": loader.packs_taken})
-
-    depth, width, _ = resolved_dims(cfg.model)
-    in_dim = cfg.vae.latent_channels * cfg.model.patch[0] * cfg.model.patch[1] * cfg.model.patch[2]
     text_dim = engine.module.dit.text_pool[0].normalized_shape[0]
+    shape = dataclasses.replace(DiTShape.from_config(cfg), text_dim=text_dim)
     peak, peak_source = peak_flops(str(device))
-    metrics = MetricsLogger(run_dir, enabled=dims.is_main, start_step=start)
     if dims.is_main:
         log.info("DiT %s: depth %d width %d, %d ranks (dp %d x sp %d), MFU peak: %s %.3g FLOP/s",
-                 cfg.model.size, depth, width, dims.world, dims.dp, dims.sp, peak_source, peak)
+                 cfg.model.size, shape.depth, shape.width, dims.world, dims.dp, dims.sp, peak_source, peak)
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     nan_steps = injected_nan_steps()
-    bar = tqdm(range(start, cfg.train.steps), desc="dit", disable=not dims.is_main, dynamic_ncols=True,
-               initial=start, total=cfg.train.steps)
     engine.train()
-    try:
-        for step in bar:
+    with session:
+        for step in session.steps(start):
             t0 = time.perf_counter()
             batch = next(loader).to(device, dtype)
             if cfg.parallel.check_packs and mpu:
@@ -229,61 +205,27 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
                 ema.update(step)
             if step % cfg.run.log_every == 0 or step == cfg.train.steps - 1 or skipped:
                 loss, tokens = loss.item(), int(tokens.item())   # read back only on logged steps, before timing
-                grad_norm = float(engine.get_global_grad_norm() or 0.0)
+                norm = grad_norm(engine)
                 dt = time.perf_counter() - t0
-                seqlens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
-                ctx_lens = [1 + len(c.split()) for c in batch.captions]
-                flops = torch.tensor(float(train_flops(depth, width, in_dim, text_dim, cfg.model.mlp_ratio, seqlens,
-                                                       ctx_lens)), device=device)   # on the device: NCCL reduces there
+                flops = torch.tensor(float(model_flops(shape, engine.module, batch)),
+                                     device=device)   # on the device: NCCL reduces there
                 eff = torch.tensor(batch.efficiency, device=device)
                 dist.all_reduce(flops)   # each pack is counted by its sp ranks: divide by sp
                 dist.all_reduce(eff)
-                skips = [None] * dims.world  # each data-parallel rank reads its own shards: sum their skips
-                dist.all_gather_object(skips, stats.as_dict())
-                skipped_data = {k: sum(d.get(k, 0) for d in skips) // dims.sp for d in skips for k in d}
-                rec = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm,
-                       "tokens": tokens, "tokens_per_s": tokens / dt,
-                       "mfu": float(flops) / dims.sp / dt / (peak * dims.world),
-                       "packing_efficiency": float(eff) / dims.world, "samples": batch.num_samples,
-                       "step_time_s": dt, "skipped": sum(skipped_data.values()),
-                       "nonfinite_skipped": guard.total}
-                rec.update({f"skipped_{k}": v for k, v in skipped_data.items()})
-                metrics.log(rec)
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                session.log({"step": step, "loss": loss, "lr": sched.get_last_lr()[0], "grad_norm": norm,
+                             "tokens": tokens, "tokens_per_s": tokens / dt,
+                             "mfu": float(flops) / dims.sp / dt / (peak * dims.world),
+                             "packing_efficiency": float(eff) / dims.world, "samples": batch.num_samples,
+                             "step_time_s": dt, "nonfinite_skipped": guard.total}, stats)
+                session.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:.0f}")
             guard.check(step)
-            if preempt.agreed(device):
-                checkpoint(step)
-                signame = signal.Signals(preempt.received).name if preempt.received else "a peer's signal"
-                raise Preempted(f"checkpointed step {step} after {signame}; resume by rerunning the same command")
-            if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0 and step + 1 < cfg.train.steps:
-                checkpoint(step)
-        if start < cfg.train.steps:
-            checkpoint(cfg.train.steps - 1)
-    except (Preempted, Diverged) as e:
-        write_exit_status(run_dir, dims, e.exit_code, str(e))
-        metrics.close()
-        if own_flag:
-            preempt.restore()
-        raise
-    weights = gather_full_state(engine.module)
-    ema_weights = ema.full_state()
-    if dims.is_main:
-        save_weights(weights, run_dir / "final" / "model.safetensors")
-        save_weights(ema_weights, run_dir / "final" / "ema.safetensors")
-        log.info("final weights in %s", run_dir / "final")
-    write_exit_status(run_dir, dims, 0, "finished")
-    metrics.close()
-    dist.barrier()
-    if own_flag:
-        preempt.restore()
-    return run_dir
 
+        def export() -> None:
+            weights = gather_full_state(engine.module)   # collectives: every rank
+            ema_weights = ema.full_state()
+            if dims.is_main:
+                save_weights(weights, session.run_dir / "final" / "model.safetensors")
+                save_weights(ema_weights, session.run_dir / "final" / "ema.safetensors")
+                log.info("final weights in %s", session.run_dir / "final")
 
-def write_exit_status(run_dir: Path, dims: ParallelDims, code: int, message: str) -> None:
-    """RUN_DIR/exit_status.json: how the last start ended, for launchers that cannot see our exit
-    code through torchrun (which reports any worker failure as its own code 1)."""
-    if dims.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / "exit_status.json.tmp"
-        tmp.write_text(json.dumps({"code": code, "message": message, "time": time.time()}))
-        tmp.replace(run_dir / "exit_status.json")
+        return session.finish(export)
