@@ -3,8 +3,13 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.installed
-PYTEST  ?= -q
-export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || echo cpu)
+PYTEST  ?= -q -rs
+# DeepSpeed's accelerator: cuda where an NVIDIA driver is (nvidia-smi on PATH), else cpu; a value the
+# caller sets is kept. Never empty: DeepSpeed rejects DS_ACCELERATOR="".
+ifeq ($(strip $(DS_ACCELERATOR)),)
+DS_ACCELERATOR := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
+endif
+export DS_ACCELERATOR
 
 .PHONY: setup slurm demo test test-fast clean
 
@@ -29,8 +34,10 @@ $(EXT): $(STAMP) $(EXT_SRC)
 
 setup: $(STAMP) $(EXT)
 
-demo: setup
-	bash scripts/demo.sh
+# The setup's seconds go into the demo's result file (benchmarks/results/demo_<accelerator>.json).
+demo:
+	@t0=$$(date +%s); $(MAKE) --no-print-directory setup && \
+	  SORA_SETUP_SECONDS=$$(( $$(date +%s) - t0 )) bash scripts/demo.sh
 
 # Slurm + munge for the real-Slurm launcher tests (tests/test_launcher_slurm.py): installed with apt-get
 # when missing and we are root; otherwise the script says why and those tests skip with that reason.

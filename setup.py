@@ -17,7 +17,8 @@ from setuptools import find_packages, setup
 # too when the installed torch is a CUDA build and nvcc is found. Switches (environment):
 #   SORA_SKIP_EXT=1            do not build it (sora.ops then serves every op with torch/Triton)
 #   MAX_JOBS=N                 parallel compile jobs (ninja; torch's BuildExtension reads it)
-#   SORA_CUDA_ARCHS="80;90a"   CUDA architectures (default sm_80 and sm_90a)
+#   SORA_CUDA_ARCHS="80;90a;100;120"  CUDA cubins (the default; those the toolkit lacks are dropped)
+#   SORA_CUDA_PTX=90           PTX kept for GPUs without a cubin (JIT at load); see csrc/nvcc_flags.py
 #   SORA_EXT_CPU_ONLY=1        build only the C++ kernels even with a CUDA torch
 def _truthy(name: str) -> bool:
     return os.environ.get(name, "0").strip().lower() not in ("", "0", "false", "no")
@@ -44,14 +45,17 @@ def _extension():
     if not with_cuda:
         ext = CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)
     else:
-        archs = [a.strip() for a in os.environ.get("SORA_CUDA_ARCHS", "80;90a").replace(",", ";").split(";")
-                 if a.strip()]
-        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
-        # no --use_fast_math: RoPE needs accurate sincosf/powf for large positions
-        nvcc = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"] + gencode
-        arch_token = "_".join(archs)
+        sys.path.insert(0, os.path.abspath("csrc"))
+        import nvcc_flags
+
+        nvcc_bin = os.path.join(CUDA_HOME, "bin", "nvcc")
+        archs, ptx = nvcc_flags.resolve(os.environ, nvcc_flags.toolkit_archs(nvcc_bin),
+                                        log=lambda m: print(m, file=sys.stderr))
+        # the -gencode flags given here replace torch's own (TORCH_CUDA_ARCH_LIST)
+        nvcc = nvcc_flags.BASE + nvcc_flags.gencode(archs, ptx)
         ext = CUDAExtension(sources=sources + sorted(glob.glob("csrc/cuda/*.cu")),
-                            define_macros=[("SORA_WITH_CUDA", None), ("SORA_CUDA_ARCHS", arch_token)],
+                            define_macros=[("SORA_WITH_CUDA", None),
+                                           ("SORA_CUDA_ARCHS", nvcc_flags.arch_token(archs, ptx))],
                             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **common)
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
@@ -68,7 +72,8 @@ setup(
     install_requires=[
         "torch>=2.4",
         "deepspeed==0.19.8",
-        "triton>=3.0; platform_system == 'Linux'",
+        # the kernels use tl.make_tensor_descriptor, triton.set_allocator and triton.knobs (3.4+)
+        "triton>=3.4; platform_system == 'Linux'",
         "numpy>=1.24,<2.3",          # Triton's CPU interpreter breaks with numpy >= 2.3
         "webdataset>=0.2.86",
         "av>=12",
@@ -82,8 +87,10 @@ setup(
     ],
     extras_require={
         # transformers / diffusers: the pretrained text-encoder and video-VAE loading tests
-        # pyarrow: the Parquet-manifest ingest test
-        "test": ["pytest>=8", "transformers>=4.44", "diffusers>=0.33", "pyarrow>=14"],
+        # pyarrow: the Parquet-manifest ingest test; triton 3.6+: the interpreter of 3.4/3.5 checks
+        # descriptor strides in elements, not bytes
+        "test": ["pytest>=8", "transformers>=4.44", "diffusers>=0.33", "pyarrow>=14",
+                 "triton>=3.6; platform_system == 'Linux'"],
         "parquet": ["pyarrow>=14"],                       # sora ingest --captions FILE.parquet
         "flash": ["flash-attn>=2.6"],
         "t5": ["transformers>=4.44", "sentencepiece"],

@@ -26,6 +26,20 @@ def device_name(device: str) -> str:
     return f"CPU: {model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
+def git_commit() -> str | None:
+    """This checkout's commit, with "+dirty" when tracked files differ from it; None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def environment(device: str) -> dict:
     def version(mod):
         try:
@@ -35,6 +49,7 @@ def environment(device: str) -> dict:
 
     return {"device": device_name(device), "device_kind": "cuda" if device.startswith("cuda") else "cpu",
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "host": platform.node(),
+            "commit": git_commit(),
             "python": platform.python_version(), "torch": torch.__version__, "triton": version("triton"),
             "deepspeed": version("deepspeed"), "numpy": version("numpy"),
             "cuda": torch.version.cuda if device.startswith("cuda") else None,

@@ -1,6 +1,7 @@
-"""Shared bits of the Triton kernels: interpreter switch, autotune wrapper, packed-sample lookup."""
+"""Shared bits of the Triton kernels: interpreter switch, launchers, packed-sample lookup."""
 from __future__ import annotations
 
+import contextvars
 import os
 
 import torch
@@ -25,22 +26,59 @@ def empty(*shape, **kw) -> torch.Tensor:
     return torch.empty(*shape, **kw) if POISON is None else torch.full(shape, POISON, **kw)
 
 
+# SORA_AUTOTUNE=0: every tuned kernel launches with its first config, untimed: one compile per
+# kernel instead of one per config (a GPU smoke test in seconds; the configs' order is their rank).
+AUTOTUNE = os.environ.get("SORA_AUTOTUNE", "1") != "0"
+
+
 def tuned(kernel, configs, key, interp_meta: dict):
     """Autotuned launcher on a GPU; fixed small blocks under the CPU interpreter (no timers there).
 
     Returns launch(grid_fn, *args, **kwargs) where grid_fn takes the meta-parameter dict.
     Configs that do not fit the chip (shared memory, registers) are dropped by the autotuner.
     """
-    if INTERPRET:
+    if INTERPRET or not AUTOTUNE:
+        first = configs[0]
+        fixed = dict(interp_meta) if INTERPRET else dict(first.kwargs, num_warps=first.num_warps,
+                                                          num_stages=first.num_stages)
+
         def launch(grid_fn, *args, **kwargs):
-            meta = dict(interp_meta, **kwargs)
+            ensure_allocator()
+            meta = dict(fixed, **kwargs)
             return kernel[grid_fn(meta)](*args, **meta)
     else:
         auto = triton.autotune(configs=configs, key=key)(kernel)
 
         def launch(grid_fn, *args, **kwargs):
+            ensure_allocator()
             return auto[grid_fn](*args, **kwargs)
     return launch
+
+
+def launch(kernel, grid, *args, **kwargs):
+    """kernel[grid](*args, **kwargs), the way every untuned kernel is launched: allocator first."""
+    ensure_allocator()
+    return kernel[grid](*args, **kwargs)
+
+
+# Triton's launch-time global scratch (device-side TMA descriptors need 128 B per program).
+# triton.set_allocator stores the allocator in a ContextVar (Triton >= 3.5; 3.4 kept one for the
+# process), so a thread that never set it has none: PyTorch's autograd engine runs CUDA backward,
+# and the forward that activation checkpointing recomputes, on its own device threads. Hence every
+# launch above sets it in the calling thread (once per thread: the flag is a ContextVar too).
+_ALLOCATOR_SET_HERE = contextvars.ContextVar("sora_triton_allocator_set", default=False)
+
+
+def scratch_allocator(size: int, alignment: int, stream) -> torch.Tensor:
+    # On the current CUDA device: the one Triton launches on. The caching allocator aligns to 512 B.
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def ensure_allocator() -> None:
+    """Make Triton's scratch allocator the one launches in this thread (context) see."""
+    if not _ALLOCATOR_SET_HERE.get():
+        triton.set_allocator(scratch_allocator)
+        _ALLOCATOR_SET_HERE.set(True)
 
 
 # Value checks of cu_seqlens / grid read device memory back to the host (a sync per call):
@@ -50,18 +88,6 @@ VALIDATE_ON_GPU = os.environ.get("SORA_KERNEL_CHECKS", "0") == "1"
 
 def validate_values(t: torch.Tensor) -> bool:
     return t.device.type != "cuda" or VALIDATE_ON_GPU
-
-
-_ALLOCATOR_SET = False
-
-
-def ensure_tma_allocator(device: torch.device) -> None:
-    """Kernels that build TMA descriptors on the device need global scratch (128 B per descriptor)."""
-    global _ALLOCATOR_SET
-    if INTERPRET or device.type != "cuda" or _ALLOCATOR_SET:
-        return
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=device))
-    _ALLOCATOR_SET = True
 
 
 def tma_ready(t: torch.Tensor) -> torch.Tensor:

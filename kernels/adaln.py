@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import INTERPRET, check_cu_seqlens, empty, empty_like, sample_of
+from kernels._common import INTERPRET, check_cu_seqlens, empty, empty_like, launch, sample_of
 
 
 @triton.jit
@@ -116,9 +116,9 @@ class AdaLNFunction(torch.autograd.Function):
         rstd = empty(n, device=x.device, dtype=torch.float32)
         block_r, block_d, warps = _blocks(d)
         if n:
-            _adaln_fwd[(triton.cdiv(n, block_r),)](
-                x, shift, scale, y, mean, rstd, cu_seqlens, n, b, d, x.stride(0), shift.stride(0),
-                scale.stride(0), y.stride(0), float(eps), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps)
+            launch(_adaln_fwd, (triton.cdiv(n, block_r),),
+                   x, shift, scale, y, mean, rstd, cu_seqlens, n, b, d, x.stride(0), shift.stride(0),
+                   scale.stride(0), y.stride(0), float(eps), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps)
         ctx.save_for_backward(x, scale, mean, rstd, cu_seqlens)
         return y
 
@@ -136,10 +136,10 @@ class AdaLNFunction(torch.autograd.Function):
             n_tiles = triton.cdiv(n, block_r)
             progs = _programs(x.device, n_tiles)
             rows_per_prog = triton.cdiv(n_tiles, progs) * block_r
-            _adaln_bwd[(triton.cdiv(n, rows_per_prog),)](
-                x, scale, dy, dx, mean, rstd, dshift, dscale, cu_seqlens, n, b, d, rows_per_prog,
-                x.stride(0), scale.stride(0), dy.stride(0), dx.stride(0),
-                BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps)
+            launch(_adaln_bwd, (triton.cdiv(n, rows_per_prog),),
+                   x, scale, dy, dx, mean, rstd, dshift, dscale, cu_seqlens, n, b, d, rows_per_prog,
+                   x.stride(0), scale.stride(0), dy.stride(0), dx.stride(0),
+                   BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps)
         return dx, dshift.to(scale.dtype), dscale.to(scale.dtype), None, None
 
 

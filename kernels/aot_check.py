@@ -3,6 +3,7 @@
     python -m kernels.aot_check            # one representative config per kernel (about a minute)
     python -m kernels.aot_check --all      # every autotune config, several head dims
     python -m kernels.aot_check --json OUT
+    python -m kernels.aot_check --only adaln   # kernels whose label contains "adaln"
 
 For each (kernel, constexprs, config) it reports shared memory, registers and spills (ptxas -v on
 the generated PTX) and whether the matrix products use Hopper's wgmma. A config whose shared
@@ -39,22 +40,47 @@ def _signature(fn, ptr_types: dict, constexprs: dict) -> dict:
     return sig
 
 
-def _ptxas_report(ptx: str, arch: str) -> dict:
+def _ptxas_binaries() -> list[str]:
+    """Triton's bundled ptxas builds (newer Triton emits PTX the older one rejects: 3.9 writes
+    .version 9.4, which needs its `ptxas-blackwell`), then the CUDA toolkit's."""
+    import shutil
+
     import triton
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    found = [os.path.join(bundled, n) for n in ("ptxas", "ptxas-blackwell")] + [shutil.which("ptxas")]
+    return [p for p in found if p and os.path.exists(p)]
+
+
+def _ptxas_report(ptx: str, arch: str) -> dict:
+    text, ok, used = "", False, None
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        r = subprocess.run([ptxas, f"-arch={arch}", "-v", src, "-o", os.path.join(d, "k.cubin")],
-                           capture_output=True, text=True)
-    text = r.stdout + r.stderr
+        for ptxas in _ptxas_binaries():   # the first one that accepts this PTX version
+            r = subprocess.run([ptxas, f"-arch={arch}", "-v", src, "-o", os.path.join(d, "k.cubin")],
+                               capture_output=True, text=True)
+            text, ok, used = r.stdout + r.stderr, r.returncode == 0, os.path.basename(ptxas)
+            if ok:
+                break
     regs = re.search(r"Used (\d+) registers", text)
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
     return {"registers": int(regs.group(1)) if regs else None,
             "spill_stores": int(spill.group(1)) if spill else None,
             "spill_loads": int(spill.group(2)) if spill else None,
-            "ptxas_ok": r.returncode == 0}
+            "ptxas_ok": ok, "ptxas": used}
+
+
+def _provenance() -> dict:
+    """Where and from what the report was made (compile-only: no timing, so load does not matter)."""
+    import datetime
+    import platform
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "host": platform.node(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU needed",
+            "commit": commit or None}
 
 
 def _jobs(full: bool):
@@ -109,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--all", action="store_true", help="every autotune config and several head dims")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--arch", default="90a")
+    ap.add_argument("--only", default=None, help="only kernels whose label contains this text")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
@@ -120,6 +147,8 @@ def main(argv=None) -> int:
     target = GPUTarget("cuda", int(args.arch.rstrip("a")), 64)
     rows, failed = [], []
     for label, kernel, ptrs, consts, configs in _jobs(args.all):
+        if args.only and args.only not in label:
+            continue
         fits = False
         for meta, warps, stages in configs:
             c = dict(consts, **meta)
@@ -144,7 +173,8 @@ def main(argv=None) -> int:
             failed.append(label)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"arch": f"sm_{args.arch}", "triton": triton.__version__, "rows": rows}, f, indent=1)
+            json.dump({"arch": f"sm_{args.arch}", "triton": triton.__version__, **_provenance(), "rows": rows}, f,
+                      indent=1)
     if failed:
         print(f"no config compiles and fits for: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -18,8 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (check_cu_seqlens, empty, empty_like, ensure_tma_allocator, tma_ready, tuned,
-                             validate_values)
+from kernels._common import check_cu_seqlens, empty, empty_like, launch, tma_ready, tuned, validate_values
 
 LOG2E = 1.4426950408889634
 
@@ -308,7 +307,6 @@ def _check(q, k, v, cu_q, cu_k, dropout_p):
 def _forward(q, k, v, cu_q, cu_k, max_q, softmax_scale, causal):
     nq, h, d = q.shape
     b = cu_q.numel() - 1
-    ensure_tma_allocator(q.device)
     o = empty_like(q)                                                   # [Nq, H, D]
     lse = empty(h, nq, device=q.device, dtype=torch.float32)           # [H, Nq]
     if nq == 0:
@@ -332,9 +330,8 @@ def _backward(do, q, k, v, o, lse, cu_q, cu_k, max_q, max_k, softmax_scale, caus
         return dq.zero_(), dk.zero_(), dv.zero_()
     block_d = max(16, triton.next_power_of_2(d))
     delta = empty_like(lse)                                             # [H, Nq]
-    _bwd_preprocess[(triton.cdiv(nq, 64), h)](o, do, delta, nq, o.stride(0), o.stride(1),
-                                              do.stride(0), do.stride(1), delta.stride(0),
-                                              HEAD_DIM=d, BLOCK_D=block_d, BLOCK_T=64)
+    launch(_bwd_preprocess, (triton.cdiv(nq, 64), h), o, do, delta, nq, o.stride(0), o.stride(1),
+           do.stride(0), do.stride(1), delta.stride(0), HEAD_DIM=d, BLOCK_D=block_d, BLOCK_T=64)
     common = dict(GROUPS=h // hkv, HEAD_DIM=d, BLOCK_D=block_d, CAUSAL=causal, DOT_PREC=_dot_precision(q.dtype))
     _dkdv(lambda m: (triton.cdiv(max_k, m["BLOCK_N"]), b, hkv),
           q, k, v, do, dk, dv, lse, delta, cu_q, cu_k,

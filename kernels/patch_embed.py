@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_cu_seqlens, empty, sample_of, tuned, validate_values
+from kernels._common import check_cu_seqlens, empty, launch, sample_of, tuned, validate_values
 
 
 @triton.jit
@@ -171,8 +171,8 @@ def patchify_packed(latents, cu_seqlens, grid, patch, channels):
     out = empty(n, p, device=latents.device, dtype=latents.dtype)
     if n:
         bm, bk = _COPY_BLOCKS
-        _gather_kernel[(triton.cdiv(n, bm), triton.cdiv(p, bk))](latents, out, cu_seqlens, grid, n, b,
-                                                                 BLOCK_M=bm, BLOCK_K=bk, **meta)
+        launch(_gather_kernel, (triton.cdiv(n, bm), triton.cdiv(p, bk)), latents, out, cu_seqlens, grid, n, b,
+               BLOCK_M=bm, BLOCK_K=bk, **meta)
     return out
 
 
@@ -183,8 +183,8 @@ def unpatchify_packed(tokens, cu_seqlens, grid, patch, channels):
     lat = empty(n * p, device=tokens.device, dtype=tokens.dtype)
     if n:
         bm, bk = _COPY_BLOCKS
-        _scatter_kernel[(triton.cdiv(n, bm), triton.cdiv(p, bk))](tokens, lat, cu_seqlens, grid, n, b,
-                                                                  BLOCK_M=bm, BLOCK_K=bk, **meta)
+        launch(_scatter_kernel, (triton.cdiv(n, bm), triton.cdiv(p, bk)), tokens, lat, cu_seqlens, grid, n, b,
+               BLOCK_M=bm, BLOCK_K=bk, **meta)
     return lat
 
 

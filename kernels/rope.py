@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check_cu_seqlens, empty_like, sample_of, validate_values
+from kernels._common import check_cu_seqlens, empty_like, launch, sample_of, validate_values
 
 BLOCK_T = 16   # tokens per program: sin/cos computed once, reused by every head of q and k
 BLOCK_H = 4    # heads per inner step
@@ -121,7 +121,8 @@ def rope_3d_qk(q, k, cu_seqlens, grid, sections, theta=10000.0, inverse=False, i
     if n == 0:
         return qo, ko
     kk, kko = (k, ko) if k is not None else (q, qo)                           # placeholders when no k
-    _rope_kernel[(triton.cdiv(n, BLOCK_T),)](
+    launch(
+        _rope_kernel, (triton.cdiv(n, BLOCK_T),),
         q, qo, kk, kko, cu_seqlens, grid, _inv_freq(sections, float(theta), q.device),
         n, cu_seqlens.numel() - 1, q.shape[1], kk.shape[1],
         q.stride(0), q.stride(1), qo.stride(0), qo.stride(1), kk.stride(0), kk.stride(1),

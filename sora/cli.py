@@ -69,9 +69,9 @@ def _close_process_group() -> None:
 
 def _cmd_sample(a):
     from sora.data.video_io import write_video
-    from sora.inference import VideoGenerator
+    from sora.inference import VideoGenerator, default_device
 
-    gen = VideoGenerator.from_run(a.run, ema=not a.no_ema)
+    gen = VideoGenerator.from_run(a.run, ema=not a.no_ema, device=a.device or default_device())
     first = a.first_frame
     if first not in (None, "joint", "generate"):                 # a path: animate that image
         from pathlib import Path
@@ -92,8 +92,9 @@ def _cmd_export(a):
 
 def _cmd_evaluate(a):
     from sora.eval.evaluate import evaluate_run, format_by_frames
+    from sora.inference import default_device
 
-    report = evaluate_run(a.run, a.data, seeds=a.seeds, first_frame=a.first_frame)
+    report = evaluate_run(a.run, a.data, seeds=a.seeds, first_frame=a.first_frame, device=a.device or default_device())
     print(json.dumps(report["summary"], indent=2))
     print(format_by_frames(report["summary"]))
 
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
                    help="joint: denoise all frames together; generate: text -> first frame -> clip; "
                         "IMAGE (png/jpg): animate it (image-to-video). Default: the run's sample.first_frame")
     s.add_argument("--out", required=True)
+    s.add_argument("--device", default=None, help="cuda or cpu (default: cuda when a GPU is visible)")
     s.set_defaults(fn=_cmd_sample)
 
     s = sub.add_parser("export", help="gather a run's ZeRO-3 checkpoint shards into one safetensors file")
@@ -201,6 +203,7 @@ def main(argv=None) -> int:
     s.add_argument("--seeds", type=int, default=1)
     s.add_argument("--first-frame", choices=("joint", "generate"), default=None,
                    help="sampling mode (default: the run's sample.first_frame)")
+    s.add_argument("--device", default=None, help="cuda or cpu (default: cuda when a GPU is visible)")
     s.set_defaults(fn=_cmd_evaluate)
 
     s = sub.add_parser("plan", help="what fits: tokens per sample, per-GPU memory, sp degree needed")

@@ -367,6 +367,12 @@ def validate(cfg: Config) -> None:
     _require(cfg.optim.lr > 0, "optim.lr", "must be > 0")
 
 
+def uses_bf16(precision: str, device_type: str) -> bool:
+    """train.precision on a device: bf16 when asked for, or `auto` on a GPU. Training and sampling
+    both follow it, so a model samples in the precision it trained in (flash-attn takes no fp32)."""
+    return precision == "bf16" or (precision == "auto" and device_type == "cuda")
+
+
 def untrained_first_frame_mode(cfg: Config, mode: str) -> str | None:
     """Why a run trained with `cfg` cannot sample clips in `mode` (joint | generate | image), or None.
     A mode it never trained gives noise, not a worse sample."""

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from sora.config import Config, ConfigError, untrained_first_frame_mode
+from sora.config import Config, ConfigError, untrained_first_frame_mode, uses_bf16
 from sora.data.packing import pack, PackItem
 from sora.diffusion.samplers import sample
 from sora.models.t2v import TextToVideo
@@ -16,13 +16,34 @@ from sora.shapes import ShapeRules
 from sora.train.artifacts import load_vae, run_config
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _InModelDtype:
+    """The model called in its own dtype (bf16 where the run trained in bf16 on this device) while
+    the sampler integrates in float32; everything else (layout, dit) is the model's."""
+
+    def __init__(self, model, dtype):
+        self.model, self.dtype = model, dtype
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, x, *args, **kwargs):
+        return self.model(x.to(self.dtype), *args, **kwargs).float()
+
+
 class VideoGenerator:
     def __init__(self, cfg: Config, model: TextToVideo, vae, device="cpu"):
         self.cfg, self.model, self.vae, self.device = cfg, model.eval(), vae, device
+        self.dtype = next(model.parameters()).dtype
 
     @classmethod
     def from_run(cls, run_dir: str | Path, ema: bool = True, device="cpu") -> "VideoGenerator":
-        """A run directory (its final weights, EMA or raw) or a file written by `sora export`."""
+        """A run directory (its final weights, EMA or raw) or a file written by `sora export`. The
+        model runs in the run's train.precision on `device` (bf16 on a GPU under `auto`), with the
+        kernel backends `model.backend` names for that device."""
         if Path(run_dir).is_file():
             from sora.export import config_of_export
 
@@ -36,7 +57,8 @@ class VideoGenerator:
         model = TextToVideo(cfg, device=str(device))
         model.load_state_dict(load_file(str(path)))
         vae, _ = load_vae(cfg.vae.run, device)
-        return cls(cfg, model.to(device), vae, device)
+        dtype = torch.bfloat16 if uses_bf16(cfg.train.precision, torch.device(device).type) else torch.float32
+        return cls(cfg, model.to(device, dtype), vae, device)
 
     @property
     def playback_fps(self) -> float:
@@ -104,7 +126,7 @@ class VideoGenerator:
             given = given.repeat(len(prompts)).to(self.device)                  # [N]
             x_given = torch.cat([torch.cat([f.to(batch.latents), torch.zeros_like(it.latent[:, f.shape[1]:]).to(
                 batch.latents)], dim=1).reshape(-1) for f, it in zip(first, items)])   # [N*P]
-        x = sample(self.model, batch.latents, batch.cu_seqlens, batch.grid, batch.captions,
+        x = sample(_InModelDtype(self.model, self.dtype), batch.latents, batch.cu_seqlens, batch.grid, batch.captions,
                    steps or s.steps, s.cfg if guidance is None else guidance, self.cfg.diffusion, method or s.sampler,
                    given=given, x_given=x_given)
         shape = (c, grid[0] * patch[0], grid[1] * patch[1], grid[2] * patch[2])

@@ -11,8 +11,9 @@ trainer checkpoints, exits 75 (exit_status.json, launcher.rank's record, the bat
 Then: a diverged run (76) is not requeued, the restart limit stops requeueing, an unknown partition is
 refused before submitting, and status / logs / cancel work on real jobs.
 
-Skips (saying why) only where Slurm cannot be installed: not root, or no apt-get. On a root machine
-with apt-get, `make test` installs Slurm (scripts/install_slurm.sh); if it is still missing, these fail.
+Skips (saying why) only where Slurm cannot be installed: not root, or no apt-get, and never in CI
+(CI=true: tests/required_tools.py). On a root machine with apt-get, `make test` installs Slurm
+(scripts/install_slurm.sh); if it is still missing, these fail.
 """
 
 import json

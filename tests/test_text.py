@@ -42,3 +42,21 @@ def test_t5_from_local_directory(tmp_path):
     assert cu.tolist() == [0, 5, 6] and ctx.shape == (6, 16)
     alone, _ = enc.encode(["blue"])
     torch.testing.assert_close(ctx[5:], alone, rtol=1e-5, atol=1e-6)  # padding does not leak into packing
+
+
+def test_hash_encoder_calls_attention_as_flash_attn_requires():
+    """The positional max_seqlen_q/k and everything else flash-attn checks (its stand-in,
+    tests/standins/flash_attn), in bf16 as on a GPU; same result as the reference."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parent / "standins" / "flash_attn" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("flash_attn_standin", path)
+    standin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standin)
+    enc = HashTextEncoder(dim=16, layers=2, heads=2, vocab=64, max_tokens=8).to(torch.bfloat16)
+    ids, cu = enc.tokenizer(["a red circle", "", "a blue square moving up"])
+    out = enc(ids, cu, standin.flash_attn_varlen_func)
+    ref = enc(ids, cu, varlen_attention_torch)
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    with pytest.raises(RuntimeError, match="fp16 and bf16"):
+        enc.float()(ids, cu, standin.flash_attn_varlen_func)

@@ -1,8 +1,10 @@
 """Triton kernels (kernels/) against the plain-PyTorch references in sora/ops, forward and gradients.
 
-Without a GPU they run under Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1
-before anything imports kernels/; Triton reads it when a kernel is decorated). Shapes are small
-but odd: lengths 1, 17, 127/129, empty samples, many short samples with one long one.
+The CPU cases run under Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
+anything imports kernels/; Triton reads it when a kernel is decorated); on a CUDA host, where this
+process compiles the kernels, they run in a child pytest instead (tests/test_gpu_host.py). The GPU
+cases (`pytest -m gpu`) run compiled. Shapes are small but odd: lengths 1, 17, 127/129, empty
+samples, many short samples with one long one.
 Errors are ||out - ref64|| / ||ref64|| against the reference in float64. fp32 must stay under
 FP32_BOUND; bf16/fp16 under 2x the reference's own error in that dtype plus a small floor
 (flash-attn's rule). Outputs are poisoned with NaN (kernels._common.POISON), so an element a
@@ -11,11 +13,13 @@ kernel does not write fails.
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter   # every case but the `gpu` ones launches kernels on CPU tensors
 
 import kernels._common as kc  # noqa: E402
 from kernels import flash_attn_varlen_func  # noqa: E402
@@ -472,3 +476,72 @@ def test_tiny_dit_triton_backend_matches_torch_backend():
     names = ["x"] + [k for k, _ in models["torch"].named_parameters()]
     for name, a, b in zip(names, res["triton"][1], res["torch"][1]):
         assert _rel(a, b) < 1e-4, f"grad of {name}: {_rel(a, b):.2e}"
+
+
+# ------------------------------------------------------------------------ launch-time allocator
+
+def _in_fresh_thread(fn):
+    """fn() on a new thread (a fresh context, as the autograd engine's device threads have)."""
+    box = {}
+
+    def run():
+        try:
+            box["out"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            box["err"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "err" in box:
+        raise box["err"]
+    return box.get("out")
+
+
+def test_every_launch_finds_the_scratch_allocator_in_its_own_thread(monkeypatch):
+    """Triton's scratch allocator lives in a ContextVar: per thread. On a GPU the autograd engine
+    runs backward (and checkpoint recompute) on its own thread, where a forward-time
+    set_allocator is invisible. Forward on one fresh thread, backward on another; every launch of
+    every kernel (attention, RoPE, adaLN, patch embed, both directions) records the allocator a
+    compiled launch would read at that moment (what triton/backends/nvidia/driver.py reads)."""
+    from triton.runtime import _allocation
+    from triton.runtime import interpreter
+
+    def current():
+        a = _allocation._allocator
+        return a.get() if hasattr(a, "get") else a      # a ContextVar; Triton 3.4: the allocator itself
+
+    seen = []
+    run = interpreter.InterpretedFunction.run
+
+    def recording_run(self, *args, **kwargs):
+        seen.append((self.fn.__name__, threading.current_thread().name, current()))
+        return run(self, *args, **kwargs)
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", recording_run)
+
+    from kernels import adaln_modulate, patch_embed, patch_unembed, rope_3d_qk
+    from sora.ops.rope import RopeFunction
+    cu, grid = _packing([(1, 2, 3), (2, 2, 2)])
+    n = int(cu[-1])
+    leaves = {"q": torch.randn(n, 2, 16), "x": torch.randn(n, 8), "shift": torch.randn(2, 8),
+              "scale": torch.randn(2, 8), "lat": torch.randn(n * 4), "w": torch.randn(8, 4)}
+    for t in leaves.values():
+        t.requires_grad_()
+
+    def forward():
+        L = leaves
+        att = flash_attn_varlen_func(L["q"], L["q"], L["q"], cu, cu, 8, 8, causal=True)
+        rot = sum(RopeFunction.apply(L["q"], L["q"], cu, grid, (4, 6, 6), 100.0, rope_3d_qk))
+        mod = adaln_modulate(L["x"], L["shift"], L["scale"], cu)
+        tok = patch_embed(L["lat"], cu, grid, (1, 1, 1), 4, L["w"])
+        lat = patch_unembed(tok, cu, grid, (1, 1, 1), 4, L["w"].t().contiguous())
+        return att.sum() + rot.sum() + mod.sum() + lat.sum()
+
+    loss = _in_fresh_thread(forward)
+    _in_fresh_thread(lambda: loss.backward())
+    assert all(t.grad is not None for t in leaves.values())
+    kernels_run = {name for name, _, _ in seen}
+    assert {"_fwd_kernel", "_bwd_preprocess", "_bwd_dkdv_kernel", "_bwd_dq_kernel", "_rope_kernel", "_adaln_fwd",
+            "_adaln_bwd", "_embed_kernel", "_unembed_kernel"} <= kernels_run, kernels_run
+    assert len({thread for _, thread, _ in seen}) == 2
+    missing = sorted({(name, thread) for name, thread, alloc in seen if isinstance(alloc, _allocation.NullAllocator)})
+    assert not missing, f"launches that would find no allocator: {missing}"

@@ -10,9 +10,10 @@ from sora.eval.adherence import MIN_DISPLACEMENT, score_clip, summarise
 from sora.inference import VideoGenerator
 
 
-def evaluate_run(run_dir: str, data_dir: str | None = None, seeds: int = 1, first_frame: str | None = None) -> dict:
+def evaluate_run(run_dir: str, data_dir: str | None = None, seeds: int = 1, first_frame: str | None = None,
+                 device: str = "cpu") -> dict:
     """first_frame: joint | generate (None: the run's sample.first_frame)."""
-    gen = VideoGenerator.from_run(run_dir)
+    gen = VideoGenerator.from_run(run_dir, device=device)
     mode = first_frame or gen.cfg.sample.first_frame
     data = Path(data_dir or gen.cfg.data.path)
     prompts = json.loads((data / "manifest.json").read_text())["heldout_prompts"]

@@ -31,9 +31,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from sora.config import Config, save_config
+from sora.config import Config, save_config, uses_bf16
 from sora.data.shards import SkipStats
-from sora.parallel.dims import init_distributed
+from sora.parallel.dims import compute_device, init_distributed
 from sora.train import rng_state, storage
 from sora.train.checkpoint import load_checkpoint, save_checkpoint, step_tag
 from sora.train.engine import build_engine
@@ -61,9 +61,8 @@ class TrainSession:
         self.own_flag = preempt is None
         self.preempt = preempt or PreemptionFlag()
         self.dims = init_distributed(sp, cfg.parallel.timeout_s)
-        cuda = torch.cuda.is_available()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-        self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cuda)
+        self.device = compute_device()
+        self.bf16 = uses_bf16(cfg.train.precision, self.device.type)
         self.dtype = torch.bfloat16 if self.bf16 else torch.float32
         self.run_dir = Path(cfg.run.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"

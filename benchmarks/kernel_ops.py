@@ -1,7 +1,7 @@
 """Kernel microbenchmarks: every op x backend x shape, correctness checked before timing.
 
-    python benchmarks/kernels.py --quick                    # CPU, small shapes (< 3 min)
-    python benchmarks/kernels.py --device cuda --out DIR    # GPU, realistic shapes
+    python benchmarks/kernel_ops.py --quick                    # CPU, small shapes (< 3 min)
+    python benchmarks/kernel_ops.py --device cuda --out DIR    # GPU, realistic shapes
 
 Backends are discovered from the `*IMPLEMENTATIONS` dicts of the modules in `sora/ops/`, so a new
 backend (triton in kernels/, cpp/cuda in csrc/) shows up here without touching this file; an op
@@ -193,7 +193,7 @@ def main(argv=None):
         ref = impls.get("torch")
         made = cases(op, device, a.quick, dtype) if ref is not None else None
         if made is None:
-            skipped.append({"op": op, "backends": sorted(impls), "why": "no input builder in benchmarks/kernels.py"
+            skipped.append({"op": op, "backends": sorted(impls), "why": "no input builder in benchmarks/kernel_ops.py"
                             if ref is not None else "no torch reference"})
             continue
         for backend, fn in sorted(impls.items()):
