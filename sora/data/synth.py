@@ -19,7 +19,7 @@ FPS = 8
 # Up to 4 s: taken at 4 fps (every 2nd frame, data.fps in configs/demo.yaml) these are 1, 5, 9 and 17
 # frames; the demo samples 9 and 17. ~20% images (they train text -> first frame).
 FRAMES = (1, 9, 17, 33)
-FRAME_PROBS = (0.2, 0.1, 0.3, 0.4)
+FRAME_PROBS = (0.35, 0.1, 0.25, 0.3)
 # Several aspect ratios; (48, 64) and (64, 48) are deliberately absent so the demo can sample an unseen size.
 SIZES = ((32, 32), (32, 48), (48, 32), (48, 48), (32, 64), (64, 32), (40, 56), (56, 40), (64, 64))
 
