@@ -17,7 +17,7 @@ from sora.data.world import HELDOUT_COMBOS, TRAIN_COMBOS, WORLD_VERSION, caption
 
 FPS = 8
 # Up to 4 s: taken at 4 fps (every 2nd frame, data.fps in configs/demo.yaml) these are 1, 5, 9 and 17
-# frames; the demo samples 9 and 17. ~20% images (they train text -> first frame).
+# frames; the demo samples 9 and 17. 35 % images: they alone train text -> first frame, and cost few tokens.
 FRAMES = (1, 9, 17, 33)
 FRAME_PROBS = (0.35, 0.1, 0.25, 0.3)
 # Several aspect ratios; (48, 64) and (64, 48) are deliberately absent so the demo can sample an unseen size.
