@@ -78,6 +78,14 @@ class TextConfig:
     heads: int = 4
     vocab: int = 4096
     max_tokens: int = 32
+    # Where a frozen encoder's features come from in `sora train`: "cached" (read from latent shards
+    # made by `sora preprocess` with this encoder; no encoder is loaded), "online" (encode captions),
+    # "auto" (cached on latent shards with a frozen encoder, else online).
+    source: str = "auto"
+    cache_dtype: str = "float16"       # how `sora preprocess` stores features: float16 | bfloat16 | float32
+    # > 0: each caption's rows are followed by zero rows up to this many before the DiT (Wan's
+    # pipeline feeds 512); 0: the DiT attends to exactly the caption's real rows
+    context_rows: int = 0
 
 
 @dataclass
@@ -363,6 +371,12 @@ def validate(cfg: Config) -> None:
     _require(problem is None, "sample.first_frame", problem or "")
     _require(cfg.text.encoder in ("hash", "t5"), "text.encoder", f"unknown encoder '{cfg.text.encoder}'")
     _require(cfg.text.encoder != "t5" or bool(cfg.text.path), "text.path", "a local T5 directory is needed when text.encoder=t5")
+    _require(cfg.text.source in ("auto", "cached", "online"), "text.source", f"unknown source '{cfg.text.source}' "
+             "(auto | cached | online)")
+    _require(cfg.text.cache_dtype in ("float16", "bfloat16", "float32"), "text.cache_dtype",
+             f"unknown dtype '{cfg.text.cache_dtype}' (float16 | bfloat16 | float32)")
+    _require(cfg.text.context_rows == 0 or cfg.text.context_rows >= cfg.text.max_tokens, "text.context_rows",
+             f"{cfg.text.context_rows} rows cannot hold a caption of text.max_tokens={cfg.text.max_tokens} rows (0: off)")
     _require(cfg.text.dim % cfg.text.heads == 0, "text.heads", f"{cfg.text.heads} heads do not divide text.dim {cfg.text.dim}")
     _require(cfg.optim.lr > 0, "optim.lr", "must be > 0")
 

@@ -1,7 +1,9 @@
 """`sora preprocess`: raw shards -> latent shards, so that training loads neither the VAE nor the text encoder.
 
 For each raw shard SPLIT-NNNNNN.tar in data.path, OUT/SPLIT-NNNNNN.tar gets, per usable sample,
-KEY.latent.npy + KEY.text.npy + KEY.json (see sora/data/latent_shards.py). Samples are prepared as
+KEY.latent.npy + KEY.text.npy + KEY.json (see sora/data/latent_shards.py). With a frozen text
+encoder (text.encoder=t5, text.path=DIR) KEY.text.npy holds the caption's real encoder rows in
+text.cache_dtype, and OUT/text_empty.npy the empty caption's. Samples are prepared as
 the raw training path prepares them (data.fps, data.max_frames, token bounds from
 data.max_tokens_per_sample / data.min_tokens_per_sample and model.patch), encoded with the latent
 mean (deterministic) by the stage-1 VAE in vae.run, or by a diffusers VAE in vae.pretrained, with
@@ -28,7 +30,7 @@ from tqdm import tqdm
 
 from sora.config import Config, ConfigError, to_dict
 from sora.data.atomic import write_json_atomic, write_shard_atomic
-from sora.data.latent_shards import MANIFEST, npy_bytes
+from sora.data.latent_shards import EMPTY_TEXT, MANIFEST, features_to_npy, npy_bytes, write_empty_text
 from sora.data.pipeline import VideoStream
 from sora.data.shards import SkipStats, list_shards
 from sora.shapes import ShapeRules
@@ -70,14 +72,18 @@ def load_encoders(cfg: Config, device):
             return [ids[cu[i]:cu[i + 1]].numpy().astype(np.int32) for i in range(len(captions))]
         text_info = {"encoder": "hash", "vocab": cfg.text.vocab, "max_tokens": cfg.text.max_tokens, "dim": 0}
     else:
-        from sora.models.pretrained import PretrainedTextEncoder
+        from sora.models.pretrained import PretrainedTextEncoder, text_model_info
 
         enc = PretrainedTextEncoder(cfg.text.path, cfg.text.max_tokens)
+        dtype = cfg.text.cache_dtype
 
-        def text(captions):
+        def text(captions):                      # each caption's real rows [L, Dt], no padding rows
             ctx, cu = enc.encode(captions)
-            return [ctx[cu[i]:cu[i + 1]].float().numpy().astype(np.float16) for i in range(len(captions))]
-        text_info = {"encoder": cfg.text.encoder, "path": os.path.abspath(cfg.text.path), "dim": enc.dim}
+            return [features_to_npy(ctx[cu[i]:cu[i + 1]], dtype) for i in range(len(captions))]
+        path = os.path.abspath(cfg.text.path)
+        text_info = {"encoder": cfg.text.encoder, "path": path, "name": os.path.basename(path),
+                     "model_type": text_model_info(path)[0], "dim": enc.dim, "max_tokens": cfg.text.max_tokens,
+                     "dtype": dtype, "empty": EMPTY_TEXT}
     return encode, text, {"vae": source, "text": text_info}
 
 
@@ -101,17 +107,21 @@ def preprocess_shard(src: str, dst: Path, cfg: Config, encode, text, device, bat
         meta = {"caption": s.caption, "fps": s.fps, "frames": int(s.data.shape[1]), "height": int(s.data.shape[2]),
                 "width": int(s.data.shape[3]), "latent_shape": list(z.shape)}
         ready.append((s.key, z.astype(np.float16), meta))
-    members = []
+    members, written = [], 0
     for i in range(0, len(ready), batch_captions):
         chunk = ready[i:i + batch_captions]
         for (key, z, meta), t in zip(chunk, text([m["caption"] for _, _, m in chunk])):
+            if t.dtype == np.float16 and not np.isfinite(t).all():
+                stats.skip("nonfinite_text", key, "text features overflow float16: set text.cache_dtype=bfloat16")
+                continue
             meta["text_shape"] = list(t.shape)
             members += [(f"{key}.latent.npy", npy_bytes(z)), (f"{key}.text.npy", npy_bytes(t)),
                         (f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))]
+            written += 1
     write_json_atomic(dst.with_name(dst.name[:-len(".tar")] + ".stats.json"),
-                      {"samples": len(ready), "skipped": stats.as_dict()})
+                      {"samples": written, "skipped": stats.as_dict()})
     write_shard_atomic(dst, members)
-    return len(ready), stats.as_dict()
+    return written, stats.as_dict()
 
 
 def preprocess(cfg: Config, out: str | os.PathLike, splits=("train", "heldout"), rank: int | None = None,
@@ -135,6 +145,8 @@ def preprocess(cfg: Config, out: str | os.PathLike, splits=("train", "heldout"),
                "samples": 0, "skipped": {}, "seconds": 0.0}
     if todo:
         encode, text, info = load_encoders(cfg, device)
+        if info["text"].get("dim"):   # the empty caption's rows: caption dropout's, read with the manifest
+            write_empty_text(out, text([""])[0])
         write_json_atomic(out / MANIFEST, _manifest(cfg, info))           # same content from every rank
     log.info("rank %d/%d: %d shards, %d already done, %d to write to %s", rank, world, len(mine),
              summary["kept"], len(todo), out)

@@ -71,7 +71,7 @@ def test_ranks_split_data_without_overlap_or_loss(tmp_path):
     cfg = load_config("configs/demo.yaml", ["data.shuffle_buffer=3"]).data
     paths = list_shards(tmp_path, "train")
     for dp in (2, 5):                                       # fewer ranks than shards, and more
-        keys = [[k for k, _, _ in VideoStream(paths, cfg, ShapeRules(2, 4, (1, 2, 2)), r, dp, seed=0, epochs=1)] for r in range(dp)]
+        keys = [[s.key for s in VideoStream(paths, cfg, ShapeRules(2, 4, (1, 2, 2)), r, dp, seed=0, epochs=1)] for r in range(dp)]
         flat = [k for ks in keys for k in ks]
         assert sorted(flat) == sorted(set(flat)) and len(flat) == 12, (dp, keys)
 
@@ -79,6 +79,7 @@ def test_ranks_split_data_without_overlap_or_loss(tmp_path):
 def test_latent_cache_is_bounded_and_eviction_changes_nothing():
     """PackedLoader keeps at most cache_items latents; re-encoding an evicted clip gives the same packs."""
     from sora.data.loader import PackedLoader
+    from sora.data.stream import Decoded
 
     class Clips:
         dp_rank = 0
@@ -87,7 +88,7 @@ def test_latent_cache_is_bounded_and_eviction_changes_nothing():
             for i in range(40):
                 k = i % 10
                 g = torch.Generator().manual_seed(k)
-                yield f"k{k}", torch.randn(3, 1, 8, 8 + 4 * (k % 3), generator=g), f"c{k}"
+                yield Decoded(f"k{k}", torch.randn(3, 1, 8, 8 + 4 * (k % 3), generator=g), f"c{k}", 8.0)
 
     encoded = []
 

@@ -89,8 +89,8 @@ def test_raw_and_latent_streams_agree(world):
         data = dataclasses.replace(cfg.data, image_ratio=ratio, shuffle_buffer=5)
         for dp in (1, 2, 5):                                  # 3 shards: split by shard, and by sample
             for rank in range(dp):
-                raw = [k for k, _, _ in VideoStream(raw_paths, data, rules, rank, dp, seed=3, epochs=2)]
-                lat = [k for k, _, _ in LatentStream(lat_paths, data, 4, rules, rank, dp, seed=3, epochs=2)]
+                raw = [s.key for s in VideoStream(raw_paths, data, rules, rank, dp, seed=3, epochs=2)]
+                lat = [s.key for s in LatentStream(lat_paths, data, 4, rules, rank, dp, seed=3, epochs=2)]
                 assert raw == lat and raw, (ratio, dp, rank)
 
 
@@ -196,8 +196,8 @@ def test_latent_stream_bounds_and_image_ratio(tmp_path):
     items = list(stream)
     assert len(items) == 12 and stats.as_dict() == {"too_few_tokens": 1}
     # max_frames 5 -> at most 3 latent frames; 12 tokens / 6 per frame -> 2: a causal prefix of the clip
-    assert {tuple(z.shape[1:]) for _, z, _ in items} == {(1, 4, 6), (2, 4, 6)}
-    kinds = [z.shape[1] == 1 for _, z, _ in items]
+    assert {tuple(s.data.shape[1:]) for s in items} == {(1, 4, 6), (2, 4, 6)}
+    kinds = [s.data.shape[1] == 1 for s in items]
     assert kinds == sorted(kinds)                         # image_ratio 0: every clip comes before any image
 
 

@@ -23,6 +23,7 @@ class _Pending:
     video: torch.Tensor          # [3, T, H, W]
     caption: str                 # after caption dropout
     grid: tuple[int, int, int]
+    text: torch.Tensor | None    # [L, Dt] the caption's cached encoder rows (after caption dropout), or None
 
     @property
     def num_tokens(self) -> int:
@@ -36,14 +37,18 @@ class PackedLoader:
     Resumable exactly: the only state is how many packs were taken, because the stream, its
     shuffles and the caption dropout are all seeded. `skip(n)` replays n packs without encoding
     (`latent_shape` gives token counts from video shapes), so resuming costs video decoding only.
+
+    A stream that carries cached text features (latent shards) needs `empty_text` [L0, Dt], the
+    empty caption's rows: caption dropout swaps them in, and the packs carry `PackedText`.
     """
 
     def __init__(self, videos: SampleStream, encode: Callable[[torch.Tensor], torch.Tensor], patch,
                  tokens_per_batch: int, caption_dropout: float = 0.0, seed: int = 0, lookahead: int = 32,
-                 latent_shape: Callable[[int, int, int], tuple] | None = None, cache_items: int = 1024):
+                 latent_shape: Callable[[int, int, int], tuple] | None = None, cache_items: int = 1024,
+                 empty_text: torch.Tensor | None = None):
         self.videos, self.encode, self.patch = videos, encode, tuple(patch)
         self.budget, self.dropout, self.lookahead = tokens_per_batch, caption_dropout, lookahead
-        self.latent_shape = latent_shape
+        self.latent_shape, self.empty_text = latent_shape, empty_text
         self.rng = np.random.default_rng([seed, videos.dp_rank, 7])
         # Least-recently-used latents, bounded: a small dataset is encoded once, a large one does
         # not grow memory without end (use `sora preprocess` there). Encoding is deterministic, so
@@ -78,13 +83,20 @@ class PackedLoader:
     def _fill(self) -> None:
         while not self.exhausted and len(self.buffer) < self.lookahead:
             try:
-                key, video, caption = next(self.stream)
+                s = next(self.stream)
             except StopIteration:  # finite epochs: drain what is left
                 self.exhausted = True
                 break
+            caption, text = s.caption, s.text
             if self.dropout and self.rng.random() < self.dropout:
-                caption = ""
-            self.buffer.append(_Pending(key, video, caption, self._grid(key, video)))
+                caption, text = "", (None if text is None else self._empty_text())
+            self.buffer.append(_Pending(s.key, s.data, caption, self._grid(s.key, s.data), text))
+
+    def _empty_text(self) -> torch.Tensor:
+        if self.empty_text is None:
+            raise RuntimeError("the stream carries cached text features, but PackedLoader got no empty_text "
+                               "for caption dropout")
+        return self.empty_text
 
     def _take(self) -> list[_Pending]:
         self._fill()
@@ -111,5 +123,5 @@ class PackedLoader:
             if grid != p.grid:
                 raise RuntimeError(f"sample {p.key}: encoded to a {grid} token grid, packed as {p.grid} "
                                    "(latent_shape disagrees with the encoder)")
-            items.append(PackItem(latent, grid, p.caption, p.key))
+            items.append(PackItem(latent, grid, p.caption, p.key, p.text))
         return pack(items, self.budget)

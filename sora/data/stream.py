@@ -32,10 +32,11 @@ class Decoded:
     data: torch.Tensor           # [3, T, H, W] video in [-1, 1], or [C, T', H', W'] latent
     caption: str
     fps: float                   # frames per second of `data`
+    text: torch.Tensor | None = None   # [L, Dt] the caption's cached encoder rows (latent shards), else None
 
 
 class SampleStream:
-    """Infinite (or `epochs`-long) stream of (key, data, caption), reshuffled every epoch."""
+    """Infinite (or `epochs`-long) stream of Decoded samples, reshuffled every epoch."""
 
     def __init__(self, paths: list[str], data_cfg, rules: ShapeRules, dp_rank: int = 0, dp_size: int = 1,
                  seed: int = 0, stats: SkipStats | None = None, epochs: int | None = None):
@@ -62,16 +63,15 @@ class SampleStream:
             if sample is not None:
                 yield sample
 
-    def _epoch(self, epoch: int) -> Iterator[tuple[str, torch.Tensor, str]]:
+    def _epoch(self, epoch: int) -> Iterator[Decoded]:
         order = epoch_shard_order(self.paths, self.seed, epoch, self.dp_rank, self.shared)
         part = (self.dp_rank, self.dp_size) if self.shared else (0, 1)
-        items = ((s.key, s.data, s.caption) for s in self.samples(order, part))
-        shuffled = shuffle_buffered(items, np.random.default_rng([self.seed, self.dp_rank, epoch]),
+        shuffled = shuffle_buffered(self.samples(order, part), np.random.default_rng([self.seed, self.dp_rank, epoch]),
                                     self.cfg.shuffle_buffer)
         yield from mix_images(shuffled, self.cfg.image_ratio, np.random.default_rng([self.seed, self.dp_rank, epoch, 1]),
-                              lambda item: item[1].shape[1] == 1)
+                              lambda s: s.data.shape[1] == 1)
 
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor, str]]:
+    def __iter__(self) -> Iterator[Decoded]:
         for epoch in (range(self.epochs) if self.epochs is not None else itertools.count()):
             produced = False
             for item in self._epoch(epoch):

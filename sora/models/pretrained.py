@@ -114,6 +114,14 @@ TEXT_FAMILIES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5
                  "clip": "CLIPTextModel", "clip_text_model": "CLIPTextModel"}
 
 
+def text_model_info(path: str | Path) -> tuple[str, int]:
+    """(model_type, feature width) of a local text encoder, from its config.json alone (no weights)."""
+    cfg = _config(_local_dir(path, "text.path"))
+    kind = cfg.get("model_type", "")
+    cfg = cfg.get("text_config", cfg) if kind == "clip" else cfg   # a full CLIP config nests the text model's
+    return kind, int(cfg.get("d_model") or cfg.get("hidden_size") or 0)
+
+
 def load_text_model(path: str | Path):
     """(tokenizer, frozen encoder) from a local directory; the class follows config.json's model_type."""
     p = _local_dir(path, "text.path")

@@ -1,16 +1,20 @@
-"""The trained stage-2 model: text encoder (when trainable) + DiT, built from a Config."""
+"""The trained stage-2 model: text encoder (when trainable) + DiT, built from a Config. Its text
+is captions (encoded here: the hash encoder, trained, or a frozen T5 / CLIP) or their cached rows
+(PackedText from latent shards, when built with `text_dim`: then no encoder exists here)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
+from sora.data.packing import PackedText
 from sora.models.dit import DiT
-from sora.models.text import HashTextEncoder, FrozenTextEncoder
+from sora.models.text import FrozenTextEncoder, HashTextEncoder, pad_context
 
 
 class TextToVideo(nn.Module):
-    def __init__(self, cfg, device: str = "cpu"):
-        """`device`: where the model will run; it picks the kernel backends (`auto`)."""
+    def __init__(self, cfg, device: str = "cpu", text_dim: int | None = None):
+        """`device`: where the model will run; it picks the kernel backends (`auto`). `text_dim`: the
+        width of cached features (latent shards): no text encoder is built, forward takes PackedText."""
         super().__init__()
         from sora.config import resolved_dims
 
@@ -18,39 +22,55 @@ class TextToVideo(nn.Module):
         pt, ph, pw = cfg.model.patch
         self.patch = (pt, ph, pw)
         self.latent_channels = cfg.vae.latent_channels
-        if cfg.text.encoder == "hash":
+        self.context_rows = cfg.text.context_rows
+        self.text, self._frozen_text = None, []   # a list hides the frozen encoder from nn.Module: not trained, sharded or saved
+        if text_dim is not None:
+            if cfg.text.encoder == "hash":
+                raise ValueError("cached text features need a frozen encoder: the hash encoder trains with the DiT")
+        elif cfg.text.encoder == "hash":
             self.text = HashTextEncoder(cfg.text.dim, cfg.text.layers, cfg.text.heads, cfg.text.vocab, cfg.text.max_tokens)
             text_dim = cfg.text.dim
         else:
-            frozen = FrozenTextEncoder(cfg.text.path, cfg.text.max_tokens)
-            self._frozen_text = [frozen]  # a list hides it from nn.Module: not trained, not sharded, not saved
-            self.text = None
-            text_dim = frozen.dim
+            self._frozen_text = [FrozenTextEncoder(cfg.text.path, cfg.text.max_tokens)]
+            text_dim = self._frozen_text[0].dim
         self.dit = DiT(self.latent_channels, self.patch, width, depth, heads, text_dim,
                        cfg.model.mlp_ratio, cfg.model.qk_norm, cfg.model.rope_theta,
                        cfg.model.checkpointing, cfg.model.backend, str(device))
 
-    def encode_text(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> ctx [M, Dt], cu_seqlens_ctx [B+1] int32."""
-        if self.text is not None:
-            ids, cu = self.text.tokenizer(captions)
+    def encode_text(self, text: list[str] | PackedText, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions (encoded here) or their cached rows -> ctx [M, Dt], cu_seqlens_ctx [B+1] int32: what
+        the DiT attends to (padded with zero rows to text.context_rows when set)."""
+        if isinstance(text, PackedText):
+            ctx, cu = text.ctx.to(device), text.cu_seqlens.to(device)
+        elif self.text is not None:
+            ids, cu = self.text.tokenizer(text)
             ids, cu = ids.to(device), cu.to(device)
-            return self.text(ids, cu, self.dit.kernels.attention), cu
-        ctx, cu = self._frozen_text[0].encode(captions)
-        return ctx.to(device), cu.to(device)
+            ctx = self.text(ids, cu, self.dit.kernels.attention)
+        elif self._frozen_text:
+            ctx, cu = self._frozen_text[0].encode(text)
+            ctx, cu = ctx.to(device), cu.to(device)
+        else:
+            raise RuntimeError("this model was built for cached text features (no text encoder): pass PackedText")
+        return pad_context(ctx, cu, self.context_rows) if self.context_rows else (ctx, cu)
 
-    def text_lengths(self, captions: list[str]) -> list[int]:
-        """Tokens `encode_text` makes of each caption (the tokenizer alone: for the cost model)."""
+    def text_lengths(self, text: list[str] | PackedText) -> list[int]:
+        """Rows the DiT attends to per caption (the tokenizer alone, or the cached rows: for the cost model)."""
+        if self.context_rows:
+            return [self.context_rows] * len(text)
+        if isinstance(text, PackedText):
+            return text.lengths()
         if self.text is not None:
-            _, cu = self.text.tokenizer(captions)
+            _, cu = self.text.tokenizer(text)
             return (cu[1:] - cu[:-1]).tolist()
-        return self._frozen_text[0].lengths(captions)
+        if not self._frozen_text:
+            raise RuntimeError("this model was built for cached text features (no text encoder): pass PackedText")
+        return self._frozen_text[0].lengths(text)
 
     def layout(self, cu_seqlens: torch.Tensor, grid: torch.Tensor):
         """The PackedLayout of a pack of whole samples (token grids [B, 3]), on the model's kernels."""
         return self.dit.kernels.layout(cu_seqlens, grid)
 
-    def forward(self, latents, layout, t, captions: list[str], given=None):
-        """latents [N*P] packed -> velocity [N*P]; captions: one per segment of `layout`."""
-        ctx, cu_ctx = self.encode_text(captions, latents.device)
+    def forward(self, latents, layout, t, text: list[str] | PackedText, given=None):
+        """latents [N*P] packed -> velocity [N*P]; text: one caption (or cached rows) per segment of `layout`."""
+        ctx, cu_ctx = self.encode_text(text, latents.device)
         return self.dit(latents, layout, t, ctx.to(latents.dtype), cu_ctx, given)

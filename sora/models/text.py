@@ -42,6 +42,19 @@ class HashTokenizer:
         return torch.tensor(ids, dtype=torch.long), cu
 
 
+def pad_context(ctx: torch.Tensor, cu: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ctx [M, Dt] packed by cu [B+1] -> [B*rows, Dt]: each caption's rows, then zero rows up to
+    `rows` (what Wan's pipeline feeds its DiT: the encoder output padded to 512 with zeros)."""
+    lens = (cu[1:] - cu[:-1]).long()                                            # [B]
+    if int(lens.max()) > rows:
+        raise ValueError(f"a caption of {int(lens.max())} rows does not fit text.context_rows={rows}")
+    starts = torch.repeat_interleave(cu[:-1].long(), lens, output_size=ctx.shape[0])
+    sample = torch.repeat_interleave(torch.arange(len(lens), device=ctx.device), lens, output_size=ctx.shape[0])
+    dest = sample * rows + torch.arange(ctx.shape[0], device=ctx.device) - starts    # [M] row in the output
+    out = ctx.new_zeros(len(lens) * rows, ctx.shape[1]).index_copy(0, dest, ctx)
+    return out, torch.arange(len(lens) + 1, device=cu.device, dtype=torch.int32) * rows
+
+
 class _TextBlock(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()

@@ -18,8 +18,9 @@ import torch
 import torch.distributed as dist
 
 from sora.config import Config
-from sora.data.latent_shards import latent_stream, uses_latent_shards
+from sora.data.latent_shards import cached_text, latent_stream, uses_latent_shards
 from sora.data.loader import PackedLoader
+from sora.data.packing import PackedText
 from sora.data.pipeline import VideoStream
 from sora.data.shards import SkipStats, list_shards
 from sora.diffusion.flow import add_noise, first_frame_tokens, flow_loss_sum, sample_timesteps
@@ -69,14 +70,14 @@ class StepInput:
     noise: torch.Tensor          # [N*P]
     layout: PackedLayout         # the whole pack (sp = 1) or this rank's slice of it
     t: torch.Tensor              # [S] per segment
-    captions: list[str]          # per segment
+    text: list[str] | PackedText  # per segment: its caption, or the caption's cached encoder rows
     given: torch.Tensor          # [L] bool tokens kept clean (conditioning, not in the loss)
     weight: torch.Tensor         # [N*P] 1 on the values this rank scores: its real tokens, not given
     real: int                    # real tokens of the pack (the pad excluded)
 
 
 def step_input(batch, t, noise, given, cfg: Config, kernels, dims: ParallelDims) -> StepInput:
-    """Lay out one pack for this rank: the layouts, per-segment times and captions, the noised
+    """Lay out one pack for this rank: the layouts, per-segment times and text, the noised
     latents, and the loss weights."""
     patch, channels = cfg.model.patch, cfg.vae.latent_channels
     pack = kernels.layout(batch.cu_seqlens, batch.grid)                          # whole samples
@@ -87,7 +88,8 @@ def step_input(batch, t, noise, given, cfg: Config, kernels, dims: ParallelDims)
     xt = torch.where(per_value(given_f) > 0, batch.latents, add_noise(batch.latents, noise, t_values))
     scored = 1 - given_f                                                         # [N]
     if dims.sp == 1:
-        return StepInput(batch.latents, xt, noise, pack, t, batch.captions, given, per_value(scored),
+        return StepInput(batch.latents, xt, noise, pack, t, batch.captions if batch.text is None else batch.text, given,
+                         per_value(scored),
                          batch.num_tokens)
     layout = shard_layout(kernels.layout(*padded_packing(batch.cu_seqlens, batch.grid, dims.sp)), dims.sp,
                           dims.sp_rank)
@@ -96,8 +98,11 @@ def step_input(batch, t, noise, given, cfg: Config, kernels, dims: ParallelDims)
     mine[lo:hi] = 1                                                              # rows past the pack are pad
     seg = layout.whole.sample_index[lo + layout.cu_seqlens[:-1].long()]          # [S] sample of each segment
     t_all = torch.cat([t, t.new_zeros(1)])                                       # the pad's time is irrelevant
-    captions = batch.captions + [""]
-    return StepInput(batch.latents, xt, noise, layout, t_all[seg], [captions[i] for i in seg.tolist()],
+    if batch.text is not None:                     # the pad's caption too: it takes the last sample's rows
+        text = batch.text.select([min(i, batch.num_samples - 1) for i in seg.tolist()])
+    else:
+        text = [(batch.captions + [""])[i] for i in seg.tolist()]
+    return StepInput(batch.latents, xt, noise, layout, t_all[seg], text,
                      shard_rows(given, layout), per_value(scored * mine), batch.num_tokens)
 
 
@@ -113,7 +118,7 @@ def flow_matching_loss(engine, inp: StepInput, values_per_token: int) -> tuple[t
     processing both packs, and sp ranks equal 1 rank holding the whole pack. Each sp rank scores
     only its own tokens and counts its share of the pack's real tokens.
     """
-    pred = engine(inp.xt, inp.layout, inp.t.to(inp.x0.dtype), inp.captions, inp.given)   # [N*P]
+    pred = engine(inp.xt, inp.layout, inp.t.to(inp.x0.dtype), inp.text, inp.given)   # [N*P]
     loss_sum = flow_loss_sum(pred, inp.x0, inp.noise, inp.weight, values_per_token)
     lo, hi = inp.layout.rows or (0, inp.real)
     real = max(0, min(hi, inp.real) - lo)
@@ -138,9 +143,10 @@ def check_identical_packs(batch, group) -> None:
 
 def model_flops(shape: DiTShape, model: TextToVideo, batch) -> int:
     """Model FLOPs (forward + backward, no recomputation: the MFU numerator) of one step on the
-    whole pack, counting each caption as the tokens the model's text encoder makes of it."""
+    whole pack, counting each caption as the rows the DiT attends to."""
     seqlens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
-    return step_flops(shape, seqlens, model.text_lengths(batch.captions)).model
+    text = getattr(batch, "text", None)
+    return step_flops(shape, seqlens, model.text_lengths(text if text is not None else batch.captions)).model
 
 
 def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
@@ -151,12 +157,13 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     session = TrainSession(cfg, "dit", preempt, sp=cfg.parallel.sp)
     dims, device, dtype = session.dims, session.device, session.dtype
     latent = uses_latent_shards(cfg)      # `sora preprocess` output: no VAE here, no online encoding
+    cached = cached_text(cfg, latent)     # the captions' encoder rows from the shards: no text encoder here
     if not latent:
         vae, vae_cfg = load_vae(cfg.vae.run, device)
         check_vae_matches(cfg, vae_cfg)
 
     torch.manual_seed(cfg.run.seed)  # identical init on every rank
-    model = TextToVideo(cfg, device=device.type)
+    model = TextToVideo(cfg, device=device.type, text_dim=cached.dim if cached else None)
     mpu = init_sequence_parallel_groups(dims.sp) if dims.sp > 1 else None
     engine, sched = session.build_engine(model, mpu)
     if mpu:
@@ -171,10 +178,10 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     def encode(video):                                              # [3, T, H, W] -> [C, T', H', W']
         return vae.encode(video[None].to(device))[0].float().cpu()
 
-    videos, encode, latent_shape = latent_stream(cfg, dims.dp_rank, dims.dp, stats) if latent else (
+    videos, encode, latent_shape = latent_stream(cfg, dims.dp_rank, dims.dp, stats, bool(cached)) if latent else (
         videos, encode, vae.latent_shape)
     loader = PackedLoader(videos, encode, cfg.model.patch, cfg.data.tokens_per_batch, cfg.data.caption_dropout,
-                          cfg.run.seed, latent_shape=latent_shape)
+                          cfg.run.seed, latent_shape=latent_shape, empty_text=cached.empty if cached else None)
     gen = torch.Generator().manual_seed(cfg.run.seed * 1000 + dims.dp_rank + 1)
     start, packs_taken = session.resume(Checkpointed({"model": engine}, {"noise": gen}, "packs_taken",
                                                      lambda: loader.packs_taken, ema))

@@ -48,7 +48,7 @@ class ClipBatches:
         self.taken = 0
 
     def _next(self) -> torch.Tensor:
-        _, video, _ = next(self.stream)
+        video = next(self.stream).data
         self.taken += 1
         return video
 
