@@ -88,9 +88,8 @@ def step_input(batch, t, noise, given, cfg: Config, kernels, dims: ParallelDims)
     xt = torch.where(per_value(given_f) > 0, batch.latents, add_noise(batch.latents, noise, t_values))
     scored = 1 - given_f                                                         # [N]
     if dims.sp == 1:
-        return StepInput(batch.latents, xt, noise, pack, t, batch.captions if batch.text is None else batch.text, given,
-                         per_value(scored),
-                         batch.num_tokens)
+        text = batch.captions if batch.text is None else batch.text
+        return StepInput(batch.latents, xt, noise, pack, t, text, given, per_value(scored), batch.num_tokens)
     layout = shard_layout(kernels.layout(*padded_packing(batch.cu_seqlens, batch.grid, dims.sp)), dims.sp,
                           dims.sp_rank)
     lo, hi = layout.rows
