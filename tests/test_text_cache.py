@@ -308,5 +308,5 @@ def test_train_on_cached_features_without_an_encoder_equals_online(cache, tmp_pa
         r = sora(*train, f"data.path={tmp_path / data}", f"run.dir={tmp_path / name}", *text, cwd=tmp_path)
         assert r.returncode == 0, (name, r.stderr[-3000:])
         runs[name] = [metrics(tmp_path / name)[s]["loss"] for s in range(3)]
-    np.testing.assert_allclose(runs["cached32"], runs["online"], rtol=1e-5)
-    np.testing.assert_allclose(runs["cached16"], runs["online"], rtol=1e-3)
+    np.testing.assert_allclose(runs["cached32"], runs["online"], rtol=1e-6)   # bitwise on this CPU
+    np.testing.assert_allclose(runs["cached16"], runs["online"], rtol=1e-4)   # measured 2e-7
