@@ -21,6 +21,7 @@ from sora.data.loader import PackedLoader
 from sora.data.packing import PackedBatch, PackedText
 from sora.data.shards import SkipStats, list_shards
 from sora.data.synth import synthesize
+from sora.models.pretrained import PretrainedTextEncoder
 from sora.models.text import pad_context
 from sora.models.t2v import TextToVideo
 from sora.parallel.dims import ParallelDims
@@ -300,6 +301,8 @@ def test_train_on_cached_features_without_an_encoder_equals_online(cache, tmp_pa
     config_only = tmp_path / "elsewhere" / "umt5"
     config_only.mkdir(parents=True)
     shutil.copy(base / "umt5" / "config.json", config_only / "config.json")
+    with pytest.raises((OSError, ValueError)):       # what building the encoder there does: no tokenizer, no weights
+        PretrainedTextEncoder(config_only)
     train = ["train", *common, *TINY, "train.steps=3", "data.caption_dropout=0.5", "text.context_rows=10"]
     runs = {}
     for name, data, text in (("online", "lat32", ["text.source=online", f"text.path={base / 'umt5'}"]),
