@@ -114,6 +114,14 @@ def test_preprocess_stores_each_captions_real_rows(cache):
     want = _direct(tok, ref, "")
     assert empty.shape == (1, DIM) == tuple(want.shape)         # the empty caption is its </s> row
     np.testing.assert_allclose(empty.astype(np.float32), want.numpy(), rtol=2 ** -11, atol=1e-6)
+    # bfloat16 storage (uint16 bits) read back by the latent stream: the encoder's rows in bfloat16
+    preprocess(_on(cfg, cfg.data.path, "text.cache_dtype=bfloat16"), base / "lat_bf16", progress=False)
+    stream, _, _ = latent_stream(_on(cfg, base / "lat_bf16"), 0, 1, SkipStats(), features=True)
+    samples = list(stream.samples())
+    assert len(samples) == 8 and read_manifest(base / "lat_bf16")["text"]["dtype"] == "bfloat16"
+    for s in samples:
+        assert s.text.dtype == torch.bfloat16 and s.text.shape == (6, DIM)
+        torch.testing.assert_close(s.text.float(), _direct(tok, ref, s.caption), rtol=2 ** -8, atol=1e-6)
     # the other storage dtypes round-trip exactly what the encoder's rows cast to them
     x = torch.randn(7, DIM) * 30
     assert torch.equal(features_from_npy(features_to_npy(x, "bfloat16"), "bfloat16"), x.to(torch.bfloat16))
