@@ -25,7 +25,7 @@ from sora.models.pretrained import PretrainedTextEncoder
 from sora.models.text import pad_context
 from sora.models.t2v import TextToVideo
 from sora.parallel.dims import ParallelDims
-from sora.preprocess import preprocess
+from sora.preprocess import preprocess, preprocess_shard
 from sora.train.artifacts import build_vae, save_weights
 from sora.train.trainer import step_input
 from tests.cli_runs import TINY, metrics, sora
@@ -127,6 +127,19 @@ def test_preprocess_stores_each_captions_real_rows(cache):
     assert torch.equal(features_from_npy(features_to_npy(x, "bfloat16"), "bfloat16"), x.to(torch.bfloat16))
     assert features_to_npy(x, "bfloat16").dtype == np.uint16
     assert torch.equal(features_from_npy(features_to_npy(x, "float32"), "float32"), x)
+
+
+def test_features_that_overflow_float16_are_skipped_and_counted(cache, tmp_path):
+    base, cfg, tok, ref = cache
+    src = list_shards(base / "raw", "train")[0]
+
+    def text(captions):                                       # the first caption's rows overflow float16
+        return [features_to_npy(torch.full((2, DIM), 7e4 if i == 0 else 1.0), "float16") for i in range(len(captions))]
+    n, skipped = preprocess_shard(src, tmp_path / "train-000000.tar", cfg, lambda x: torch.zeros(1, 4, 1, 2, 2), text,
+                                  "cpu")
+    assert (n, skipped) == (3, {"nonfinite_text": 1})
+    assert json.loads((tmp_path / "train-000000.stats.json").read_text())["samples"] == 3
+    assert len(_stored(tmp_path)) == 3
 
 
 def test_loader_carries_the_rows_and_dropout_swaps_in_the_empty_caption(cache):

@@ -65,7 +65,8 @@ def features_to_npy(features: torch.Tensor, dtype: str) -> np.ndarray:
     """Encoder rows [L, Dt] -> the stored array (bfloat16 as its uint16 bits: numpy has no bfloat16)."""
     if dtype == "bfloat16":
         return features.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return features.float().numpy().astype(TEXT_DTYPES[dtype])
+    with np.errstate(over="ignore"):              # float16 overflow becomes inf: preprocess skips and counts it
+        return features.float().numpy().astype(TEXT_DTYPES[dtype])
 
 
 def features_from_npy(array: np.ndarray, dtype: str) -> torch.Tensor:
@@ -233,4 +234,8 @@ def cached_text(cfg, latent: bool) -> CachedText | None:
     if empty.ndim != 2 or empty.shape[0] < 1 or empty.shape[1] != m["dim"] or empty.dtype != TEXT_DTYPES[m["dtype"]]:
         raise ConfigError(f"config key 'data.path': '{EMPTY_TEXT}' in '{cfg.data.path}' holds {empty.dtype} "
                           f"{empty.shape}, not {m['dtype']} [L, {m['dim']}]")
-    return CachedText(int(m["dim"]), features_from_npy(empty, m["dtype"]).float())
+    empty = features_from_npy(empty, m["dtype"]).float()
+    if not empty.isfinite().all():
+        raise ConfigError(f"config key 'data.path': the empty caption's features in '{cfg.data.path}' are not finite "
+                          "(float16 overflow? preprocess with text.cache_dtype=bfloat16)")
+    return CachedText(int(m["dim"]), empty)
