@@ -207,3 +207,79 @@ def test_bad_paths_and_configs_are_refused_clearly(t2v_dir, tmp_path):
         model.denoise(lat, sig, [text[0], torch.randn(4, 7)] + text[2:])
     with pytest.raises(ValueError, match="is not divisible by patch"):
         model.denoise([torch.randn(4, 1, 5, 4)] + lat[1:], sig, text)
+
+
+# ---------------------------------------------------------------- sequence parallelism
+
+def _sp_forward(model, lat, sig, text, first, w, sp, rank):
+    """Loss sum(out * w) of rank `rank`'s slice of the pack (the whole pack when sp = 1): what the
+    trainer feeds the model. -> (output [N*P_out], zero outside the slice; loss)."""
+    from sora.parallel.sequence import padded_packing, shard_layout, shard_rows
+
+    cu = torch.tensor([0] + [t * h * w_ // 4 for t, h, w_ in SHAPES]).cumsum(0).int()
+    grid = torch.tensor([(t, h // 2, w_ // 2) for t, h, w_ in SHAPES], dtype=torch.int32)
+    whole = model.kernels.layout(cu, grid)
+    given = torch.tensor(first)[whole.sample_index] & (whole.positions[:, 0] == 0)
+    x = torch.cat([v.reshape(-1) for v in lat])
+    ctx, t = list(text), sig
+    if sp > 1:
+        layout = shard_layout(model.kernels.layout(*padded_packing(cu, grid, sp)), sp, rank)
+        lo = layout.rows[0]
+        seg = layout.whole.sample_index[lo + layout.cu_seqlens[:-1].long()]     # [S] sample of each segment
+        ctx = [(text + [torch.zeros(1, text[0].shape[1])])[i] for i in seg.tolist()]   # the pad: one zero row
+        t, given = torch.cat([sig, sig.new_zeros(1)])[seg], shard_rows(given, layout)
+    else:
+        layout = whole
+    lens = torch.tensor([c.shape[0] for c in ctx])
+    cu_ctx = torch.cat([lens.new_zeros(1), lens.cumsum(0)]).int()
+    out = model(x, layout, t, torch.cat(ctx), cu_ctx, given)
+    return out, torch.sum(out * w)
+
+
+def _sp_worker(rank, d, data, port, result):
+    import os
+
+    import torch.distributed as dist
+
+    from sora.parallel.ulysses import init_sequence_parallel_groups, wrap_for_sequence_parallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    model = load_dit(d, backend="torch")
+    wrap_for_sequence_parallel(model, init_sequence_parallel_groups(2).get_sequence_parallel_group())
+    out, loss = _sp_forward(model, *torch.load(data), sp=2, rank=rank)
+    loss.backward()
+    dist.all_reduce(out)
+    grads = {k: p.grad for k, p in model.named_parameters()}
+    for g in grads.values():
+        dist.all_reduce(g)
+    if rank == 0:
+        torch.save({"out": out.detach(), "grads": grads}, result)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sp2_matches_one_rank(t2v_dir, tmp_path):
+    """Ulysses sp = 2 on gloo: output and parameter gradients of a Wan model (TI2V first frames
+    included) equal one rank's on the whole pack."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    d, _ = t2v_dir
+    lat, sig, text = _inputs(T2V)
+    first = [False, True, False, True]
+    w = torch.randn(sum(T2V["out_channels"] * t * h * w_ for t, h, w_ in SHAPES))
+    torch.save((lat, sig, text, first, w), tmp_path / "data.pt")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_sp_worker, args=(d, tmp_path / "data.pt", port, tmp_path / "sp2.pt"), nprocs=2, join=True)
+    model = load_dit(d, backend="torch")
+    out, loss = _sp_forward(model, lat, sig, text, first, w, sp=1, rank=0)
+    loss.backward()
+    got = torch.load(tmp_path / "sp2.pt")
+    assert float((got["out"] - out).abs().max()) <= TOL * float(out.abs().max())
+    for k, p in model.named_parameters():
+        assert float((got["grads"][k] - p.grad).abs().max()) <= TOL * float(p.grad.abs().max()), k
