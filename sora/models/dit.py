@@ -143,7 +143,7 @@ class CrossAttention(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, width, heads, ctx_dim, mlp_ratio, qk_norm, rope_theta, arch: DiTArch = DiTArch()):
+    def __init__(self, width, heads, ctx_dim, mlp_ratio, qk_norm, rope_theta, arch: DiTArch):
         super().__init__()
         self.attn = SelfAttention(width, heads, qk_norm, rope_theta, arch)
         self.cross_norm = nn.LayerNorm(width, eps=1e-6) if arch.cross_norm else nn.Identity()
