@@ -40,7 +40,7 @@ DIT_SIZES = {
 
 @dataclass(frozen=True)
 class DiTArch:
-    """Where a DiT departs from ours (the defaults); `sora.models.wan.wan_arch` sets Wan's."""
+    """Where a DiT departs from ours (the defaults); `sora.models.wan.wan_dit_kwargs` sets Wan's."""
     out_channels: int | None = None     # channels of the output latent (None: the input's)
     ffn_dim: int | None = None          # MLP hidden width (None: mlp_ratio * width)
     qk_norm_across_heads: bool = False  # q/k RMSNorm over all heads at once (Wan) instead of per head
@@ -81,7 +81,7 @@ def clean_time_runs(layout: PackedLayout, t: torch.Tensor, given: torch.Tensor) 
 
 
 class AcrossHeadsRMSNorm(nn.Module):
-    """RMSNorm of [N, H, Dh] over all heads together (H * Dh), before the heads part (Wan)."""
+    """RMSNorm of [N, H, Dh] over all heads together (H * Dh), before the head split (Wan)."""
 
     def __init__(self, heads: int, head_dim: int, eps: float = 1e-6):
         super().__init__()
@@ -156,10 +156,10 @@ class DiTBlock(nn.Module):
         table[5].zero_()
         self.ada_table = nn.Parameter(table)
 
-    def forward(self, x, cond, layout: PackedLayout, ctx, cu_ctx, max_ctx, kernels: Kernels, mod_layout=None):
-        # cond [S', 6, W] per conditioning segment (mod_layout's; the layout's own segments when
-        # None) from the shared timestep MLP; per-token lookup in the adaLN op.
-        mod_layout = layout if mod_layout is None else mod_layout
+    def forward(self, x, cond, layout: PackedLayout, ctx, cu_ctx, max_ctx, kernels: Kernels, runs=None):
+        # cond [S', 6, W] per conditioning segment (the CondSegments `runs`; the layout's own
+        # segments when None) from the shared timestep MLP; per-token lookup in the adaLN op.
+        mod_layout = layout if runs is None else runs
         mod = cond + self.ada_table[None]
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(1)             # [S', W] each
         sid = mod_layout.sample_index                                            # [N]
@@ -181,9 +181,9 @@ class FinalLayer(nn.Module):
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def forward(self, x, cond, layout: PackedLayout, num_latent: int, kernels: Kernels, mod_layout=None):
+    def forward(self, x, cond, layout: PackedLayout, num_latent: int, kernels: Kernels, runs=None):
         shift, scale = (cond[:, None] + self.ada_table[None]).unbind(1)         # [S', W] each
-        h = kernels.adaln(x, shift, scale, layout if mod_layout is None else mod_layout)                 # [N, W]
+        h = kernels.adaln(x, shift, scale, layout if runs is None else runs)    # [N, W]
         return kernels.patch_unembed(h, layout, self.patch, self.channels, self.linear.weight, self.linear.bias,
                                      num_latent)                                 # [N*P]
 
