@@ -9,8 +9,9 @@ from sora.models.text import HashTextEncoder, FrozenTextEncoder
 
 
 class TextToVideo(nn.Module):
-    def __init__(self, cfg, device: str = "cpu"):
-        """`device`: where the model will run; it picks the kernel backends (`auto`)."""
+    def __init__(self, cfg, device: str = "cpu", frozen_text=None):
+        """`device`: where the model will run; it picks the kernel backends (`auto`). `frozen_text`:
+        an already loaded FrozenTextEncoder to share (text.encoder != hash), instead of loading one."""
         super().__init__()
         from sora.config import resolved_dims
 
@@ -22,7 +23,7 @@ class TextToVideo(nn.Module):
             self.text = HashTextEncoder(cfg.text.dim, cfg.text.layers, cfg.text.heads, cfg.text.vocab, cfg.text.max_tokens)
             text_dim = cfg.text.dim
         else:
-            frozen = FrozenTextEncoder(cfg.text.path, cfg.text.max_tokens)
+            frozen = frozen_text or FrozenTextEncoder(cfg.text.path, cfg.text.max_tokens)
             self._frozen_text = [frozen]  # a list hides it from nn.Module: not trained, not sharded, not saved
             self.text = None
             text_dim = frozen.dim
