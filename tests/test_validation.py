@@ -4,6 +4,7 @@ EMA, bitwise), writes mp4 + gif per prompt and size under RUN_DIR/samples/stepN/
 TensorBoard; under ZeRO-3 + sequence parallelism on 2 ranks the gathered EMA samples exactly what
 `sora sample` samples from the run's final EMA; bad values and a missing VAE fail at start-up."""
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,47 @@ def test_latent_shards_decode_with_the_vae_that_made_them_or_fail_at_start(tmp_p
         decoding_vae(cfg, torch.device("cpu"), latent_shards=True)
 
 
+@pytest.fixture
+def one_rank():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_unwritable_samples_are_warned_about_and_training_goes_on(tmp_path, one_rank, caplog):
+    """Samples are a by-product: a clip that cannot be written is named in a warning and skipped."""
+    from sora.models.t2v import TextToVideo
+    from sora.train.ema import ShardedEMA
+    from sora.train.metrics import MetricsLogger
+    from sora.train.validation import Validator
+
+    run = tmp_path / "run"
+    cfg = load_config(f"{ROOT}/configs/demo.yaml", [f"run.dir={run}", "model.depth=1", "model.width=48", "model.heads=4",
+                                                     "vae.channels=8", "train.validate_every=3", PROMPTS,
+                                                     "train.validate_steps=1", "train.validate_sizes=[[1, 32, 32]]"])
+    model = TextToVideo(cfg)
+    ema = ShardedEMA(model.named_parameters(), cfg.train.ema)
+
+    def empty_model():
+        with torch.device("meta"):
+            return TextToVideo(cfg)
+
+    caplog.set_level(logging.INFO, logger="sora.train")
+    run.mkdir()
+    (run / "samples").write_text("a file where the samples directory goes")
+    metrics = MetricsLogger(run, enabled=True)
+    validator = Validator(cfg, empty_model, build_vae(cfg).eval(), torch.device("cpu"), torch.float32, run, 0, 1)
+    rng = torch.get_rng_state()
+    assert validator(1, ema, metrics) is None                     # not due: 0, 3, 6, ... and the last
+    assert validator(3, ema, metrics) > 0
+    metrics.close()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert caplog.text.count("validation at step 3: could not write") == 3   # 2 clips + index.json
+    assert "validation at step 3: 0 of 2 clips" in caplog.text
+
+
 def _same_training(ref: Path, run: Path, last: int) -> None:
     """Bitwise: losses and grad norms of every step, the RNG + loader state checkpointed after the
     last step (torch's RNG, the noise generator, packs taken), the final EMA weights. numpy's and
@@ -124,7 +166,7 @@ def test_validation_leaves_the_training_run_unchanged(world):
     assert r.returncode == 0, r.stderr[-3000:]
     r = sora(*dit_args(world, run, 3, "train.validate_every=2", *VALIDATE), cwd=world)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "validation at step 2: 4 clips" in r.stderr
+    assert "validation at step 2: 4 of 4 clips" in r.stderr
     _same_training(ref, run, 2)
     _check_outputs(run, [0, 2])                 # every 2 steps from 0, and the last
     assert not (ref / "samples").exists()

@@ -104,12 +104,13 @@ class Validator:
             dist.all_gather_object(everyone, written)
         finally:
             rng_state.restore(saved, {})
-        seconds = time.perf_counter() - t0
         if self.rank == 0:
             clips = sorted((c for part in everyone for c in part), key=lambda c: c["file"])
             self._publish(clips, step, metrics)
-            log.info("validation at step %d: %d clips in %.1f s -> %s", step, len(clips), seconds,
-                     self.run_dir / "samples" / f"step{step:08d}")
+        seconds = time.perf_counter() - t0
+        if self.rank == 0:
+            log.info("validation at step %d: %d of %d clips in %.1f s -> %s", step, len(clips), len(self.clips),
+                     seconds, self.run_dir / "samples" / f"step{step:08d}")
         return seconds
 
     @torch.no_grad()
@@ -133,10 +134,15 @@ class Validator:
             video = gen.generate([prompt], frames, height, width, steps=t.validate_steps or None,
                                  seed=t.validate_seed + i)[0]                      # [T, H, W, 3] uint8
             stem = out / f"{i:02d}-{_slug(prompt)}-{frames}x{height}x{width}"
-            write_video(stem.with_suffix(".mp4"), video, fps=gen.playback_fps)
-            write_video(stem.with_suffix(".gif"), video, fps=gen.playback_fps)
+            try:
+                write_video(stem.with_suffix(".mp4"), video, fps=gen.playback_fps)
+                write_video(stem.with_suffix(".gif"), video, fps=gen.playback_fps)
+                gif = stem.with_suffix(".gif").read_bytes()
+            except OSError as e:      # samples are a by-product: training goes on (a full disk stops it at the next save)
+                log.warning("validation at step %d: could not write %s: %s", step, stem, e)
+                continue
             written.append({"prompt": prompt, "size": [frames, height, width], "seed": t.validate_seed + i,
-                            "file": stem.with_suffix(".mp4").name, "gif": stem.with_suffix(".gif").read_bytes()})
+                            "file": stem.with_suffix(".mp4").name, "gif": gif})
         return written
 
     def _publish(self, clips: list[dict], step: int, metrics) -> None:
@@ -144,6 +150,10 @@ class Validator:
         for c in clips:
             frames, height, width = c["size"]
             metrics.clip(f"validation/{Path(c['file']).stem}", c["gif"], height, width, step)
-        index = [{k: v for k, v in c.items() if k != "gif"} for c in clips]
-        (self.run_dir / "samples" / f"step{step:08d}").mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "samples" / f"step{step:08d}" / "index.json").write_text(json.dumps(index, indent=1))
+        out = self.run_dir / "samples" / f"step{step:08d}"
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "index.json").write_text(json.dumps([{k: v for k, v in c.items() if k != "gif"} for c in clips],
+                                                       indent=1))
+        except OSError as e:
+            log.warning("validation at step %d: could not write %s: %s", step, out / "index.json", e)
