@@ -83,6 +83,7 @@ def one_rank():
     dist.destroy_process_group()
 
 
+@pytest.mark.slow      # ~6 s: the first model built on the meta device imports torch._refs
 def test_unwritable_samples_are_warned_about_and_training_goes_on(tmp_path, one_rank, caplog):
     """Samples are a by-product: a clip that cannot be written is named in a warning and skipped."""
     from sora.models.t2v import TextToVideo
