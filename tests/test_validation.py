@@ -74,6 +74,27 @@ def test_latent_shards_decode_with_the_vae_that_made_them_or_fail_at_start(tmp_p
         decoding_vae(cfg, torch.device("cpu"), latent_shards=True)
 
 
+def test_latent_shards_made_by_a_diffusers_vae_decode_with_it(tmp_path):
+    pytest.importorskip("diffusers", reason="the optional pretrained-VAE path needs diffusers")
+    from diffusers import AutoencoderKLWan
+
+    from sora.models.pretrained import DiffusersVAE
+
+    AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1,
+                     temperal_downsample=[True, True]).save_pretrained(tmp_path / "wan-vae")   # ft 4, fh 4
+    lat = tmp_path / "lat"
+    lat.mkdir()
+    (lat / "latents.json").write_text(json.dumps({"latent_channels": 4, "ft": 4, "fh": 4, "patch": [1, 2, 2], "vae": {
+        "pretrained": str(tmp_path / "wan-vae"), "family": "AutoencoderKLWan"}}))
+    overrides = [f"data.path={lat}", f"vae.run={tmp_path / 'gone'}", "train.validate_every=5", PROMPTS,
+                 "sample.sizes=[[5, 32, 32]]"]
+    cfg = load_config(f"{ROOT}/configs/demo.yaml", overrides + ["vae.ft=4"])
+    assert isinstance(decoding_vae(cfg, torch.device("cpu"), latent_shards=True), DiffusersVAE)
+    cfg = load_config(f"{ROOT}/configs/demo.yaml", overrides)                        # vae.ft=2
+    with pytest.raises(ConfigError, match="vae.ft.*is 2 but the pretrained VAE"):
+        decoding_vae(cfg, torch.device("cpu"), latent_shards=True)
+
+
 @pytest.fixture
 def one_rank():
     import torch.distributed as dist
