@@ -133,6 +133,14 @@ class TrainConfig:
     precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     zero_stage: int = 3
     max_nonfinite_steps: int = 5       # this many skipped (non-finite) steps in a row stop training
+    # Validation samples (`sora train` only; sora/train/validation.py): every validate_every steps (0: off)
+    # the EMA weights sample each prompt at each size with the sample: section's cfg, sampler and
+    # first_frame, into RUN_DIR/samples/stepN/ (mp4 + gif) and TensorBoard.
+    validate_every: int = 0
+    validate_prompts: list = field(default_factory=list)
+    validate_sizes: list = field(default_factory=list)   # [frames, height, width] each; empty: sample.sizes
+    validate_steps: int = 0            # sampler steps; 0: sample.steps
+    validate_seed: int = 0             # prompt i's noise comes from seed + i: the same at every validation
 
 
 @dataclass
@@ -350,11 +358,8 @@ def validate(cfg: Config) -> None:
     _require(d.tokens_per_batch >= d.max_tokens_per_sample, "data.tokens_per_batch",
              f"budget {d.tokens_per_batch} is smaller than data.max_tokens_per_sample {d.max_tokens_per_sample}")
     _require(0.0 <= d.caption_dropout < 1.0, "data.caption_dropout", f"must be in [0, 1), got {d.caption_dropout}")
-    for i, size in enumerate(s.sizes):
-        key = f"sample.sizes[{i}]"
-        _require(len(size) == 3, key, f"needs [frames, height, width], got {size}")
-        problem = rules.problem(*(int(x) for x in size))
-        _require(problem is None, key, problem or "")
+    _check_sizes(s.sizes, "sample.sizes", rules)
+    _check_validation(cfg.train, s.sizes, rules)
     _require(cfg.parallel.sp >= 1, "parallel.sp", f"must be >= 1, got {cfg.parallel.sp}")
     _require(cfg.parallel.timeout_s > 0, "parallel.timeout_s", f"must be > 0, got {cfg.parallel.timeout_s}")
     _require(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "must be >= 1")
@@ -379,6 +384,26 @@ def validate(cfg: Config) -> None:
              f"{cfg.text.context_rows} rows cannot hold a caption of text.max_tokens={cfg.text.max_tokens} rows (0: off)")
     _require(cfg.text.dim % cfg.text.heads == 0, "text.heads", f"{cfg.text.heads} heads do not divide text.dim {cfg.text.dim}")
     _require(cfg.optim.lr > 0, "optim.lr", "must be > 0")
+
+
+def _check_sizes(sizes: list, key: str, rules: ShapeRules) -> None:
+    for i, size in enumerate(sizes):
+        _require(isinstance(size, (list, tuple)) and len(size) == 3, f"{key}[{i}]", f"needs [frames, height, width], got {size}")
+        _require(all(isinstance(x, int) for x in size), f"{key}[{i}]", f"needs integers, got {size}")
+        problem = rules.problem(*size)
+        _require(problem is None, f"{key}[{i}]", problem or "")
+
+
+def _check_validation(t: TrainConfig, sample_sizes: list, rules: ShapeRules) -> None:
+    _require(t.validate_every >= 0, "train.validate_every", f"must be >= 0 (0: off), got {t.validate_every}")
+    _require(all(isinstance(p, str) and p.strip() for p in t.validate_prompts), "train.validate_prompts",
+             f"needs a list of non-empty strings, got {t.validate_prompts!r}")
+    _require(t.validate_every == 0 or len(t.validate_prompts) > 0, "train.validate_prompts",
+             f"train.validate_every={t.validate_every} samples these prompts: give at least one")
+    _require(t.validate_steps >= 0, "train.validate_steps", f"must be >= 0 (0: sample.steps), got {t.validate_steps}")
+    _check_sizes(t.validate_sizes, "train.validate_sizes", rules)
+    _require(t.validate_every == 0 or len(t.validate_sizes or sample_sizes) > 0, "train.validate_sizes",
+             "validation needs at least one size (here or in sample.sizes)")
 
 
 def uses_bf16(precision: str, device_type: str) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sora.config import Config, ConfigError, to_dict
+from sora.config import Config, to_dict
 from sora.data.atomic import write_json_atomic, write_shard_atomic
 from sora.data.latent_shards import EMPTY_TEXT, MANIFEST, features_to_npy, npy_bytes, write_empty_text
 from sora.data.pipeline import VideoStream
@@ -42,15 +42,13 @@ def load_encoders(cfg: Config, device):
     """(vae, text) where vae.encode(x) gives the DiT's latent and text(captions) gives one array per caption."""
     if cfg.vae.pretrained:
         from sora.models.pretrained import DiffusersVAE
+        from sora.train.artifacts import check_pretrained_vae_matches
 
         vae = DiffusersVAE(cfg.vae.pretrained).to(device)
         if cfg.vae.tile:
             vae.set_tiling(cfg.vae.tile, cfg.vae.tile_overlap)
         source = {"pretrained": os.path.abspath(cfg.vae.pretrained), "family": vae.family}
-        for key in ("ft", "fh", "latent_channels"):
-            if getattr(vae, key) != getattr(cfg.vae, key):
-                raise ConfigError(f"config key 'vae.{key}' is {getattr(cfg.vae, key)} but the pretrained VAE "
-                                  f"'{cfg.vae.pretrained}' has {getattr(vae, key)}")
+        check_pretrained_vae_matches(cfg, vae, cfg.vae.pretrained)
         encode = vae.encode
     else:
         from sora.train.artifacts import check_vae_matches, load_vae

@@ -21,9 +21,11 @@ def dit_of_config(cfg, text_dim: int, device: str = "cpu") -> DiT:
 
 
 class TextToVideo(nn.Module):
-    def __init__(self, cfg, device: str = "cpu", text_dim: int | None = None):
+    def __init__(self, cfg, device: str = "cpu", text_dim: int | None = None, frozen_text=None):
         """`device`: where the model will run; it picks the kernel backends (`auto`). `text_dim`: the
-        width of cached features (latent shards): no text encoder is built, forward takes PackedText."""
+        width of cached features (latent shards): no text encoder is built, forward takes PackedText.
+        `frozen_text`: an already loaded FrozenTextEncoder to share (text.encoder != hash), instead of
+        loading one."""
         super().__init__()
         pt, ph, pw = cfg.model.patch
         self.patch = (pt, ph, pw)
@@ -37,7 +39,7 @@ class TextToVideo(nn.Module):
             self.text = HashTextEncoder(cfg.text.dim, cfg.text.layers, cfg.text.heads, cfg.text.vocab, cfg.text.max_tokens)
             text_dim = cfg.text.dim
         else:
-            self._frozen_text = [FrozenTextEncoder(cfg.text.path, cfg.text.max_tokens)]
+            self._frozen_text = [frozen_text or FrozenTextEncoder(cfg.text.path, cfg.text.max_tokens)]
             text_dim = self._frozen_text[0].dim
         self.dit = dit_of_config(cfg, text_dim, device)
 

@@ -31,14 +31,17 @@ class ShardedEMA:
             s.copy_(saved)
 
     @torch.no_grad()
-    def full_state(self) -> dict[str, torch.Tensor]:
-        """Full EMA weights on every rank (collective under ZeRO-3)."""
-        out = {}
+    def gathered(self):
+        """(name, full EMA weight) one parameter at a time, on every rank (a collective under
+        ZeRO-3: every rank must iterate to the end). Holds one parameter beyond what the caller keeps."""
         for name, p, s in zip(self.names, self.params, self.shadow):
             if hasattr(p, "ds_tensor"):
                 parts = [torch.empty_like(s) for _ in range(dist.get_world_size())]
                 dist.all_gather(parts, s)
-                out[name] = torch.cat(parts)[: p.ds_numel].view(p.ds_shape).clone()
+                yield name, torch.cat(parts)[: p.ds_numel].view(p.ds_shape).clone()
             else:
-                out[name] = s.clone()
-        return out
+                yield name, s.clone()
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """Full EMA weights on every rank (collective under ZeRO-3)."""
+        return dict(self.gathered())

@@ -1,4 +1,4 @@
-"""metrics.jsonl + TensorBoard, written by rank 0 only."""
+"""metrics.jsonl + TensorBoard (scalars, validation clips), written by rank 0 only."""
 from __future__ import annotations
 
 import json
@@ -48,6 +48,16 @@ class MetricsLogger:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":
                     self.tb.add_scalar(k, v, record["step"])
+
+    def clip(self, tag: str, gif: bytes, height: int, width: int, step: int) -> None:
+        """An animated GIF as a TensorBoard image summary (what SummaryWriter.add_video writes, which
+        needs moviepy to encode it; the gif here comes encoded)."""
+        if self.tb is None:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
+        self.tb._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
     def close(self) -> None:
         if self.enabled:

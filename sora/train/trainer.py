@@ -38,6 +38,7 @@ from sora.train.engine import grad_norm
 from sora.train.faults import NonFiniteGuard, PreemptionFlag, injected_nan_steps
 from sora.train.flops import DiTShape, peak_flops, step_flops
 from sora.train.session import Checkpointed, TrainSession
+from sora.train.validation import Validator, decoding_vae
 
 log = logging.getLogger("sora.train")
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
@@ -160,6 +161,8 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     if not latent:
         vae, vae_cfg = load_vae(cfg.vae.run, device)
         check_vae_matches(cfg, vae_cfg)
+    if cfg.train.validate_every:   # found now, not at the first validation
+        validation_vae = decoding_vae(cfg, device, latent) if latent else vae
 
     torch.manual_seed(cfg.run.seed)  # identical init on every rank
     model = TextToVideo(cfg, device=device.type, text_dim=cached.dim if cached else None)
@@ -168,6 +171,13 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     if mpu:
         wrap_for_sequence_parallel(engine.module.dit, mpu.get_sequence_parallel_group())
     ema = ShardedEMA(engine.module.named_parameters(), cfg.train.ema)
+    validator = None
+    if cfg.train.validate_every:
+        def empty_model():        # the EMA's copy for sampling: no memory or RNG draws until filled
+            with torch.device("meta"):
+                return TextToVideo(cfg, device=device.type, frozen_text=getattr(model, "_frozen_text", [None])[0])
+
+        validator = Validator(cfg, empty_model, validation_vae, device, dtype, session.run_dir, dims.rank, dims.world)
 
     stats = SkipStats()
     videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, ShapeRules.of(cfg), dims.dp_rank,
@@ -211,10 +221,11 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
             skipped = guard.after_step(engine.was_step_applied(), step)
             if not skipped:
                 ema.update(step)
-            if step % cfg.run.log_every == 0 or step == cfg.train.steps - 1 or skipped:
+            validation_s = validator(step, ema, session.metrics) if validator else None   # logged, not timed
+            if step % cfg.run.log_every == 0 or step == cfg.train.steps - 1 or skipped or validation_s is not None:
                 loss, tokens = loss.item(), int(tokens.item())   # read back only on logged steps, before timing
                 norm = grad_norm(engine)
-                dt = time.perf_counter() - t0
+                dt = time.perf_counter() - t0 - (validation_s or 0.0)
                 flops = torch.tensor(float(model_flops(shape, engine.module, batch)),
                                      device=device)   # on the device: NCCL reduces there
                 eff = torch.tensor(batch.efficiency, device=device)
@@ -224,7 +235,8 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
                              "tokens": tokens, "tokens_per_s": tokens / dt,
                              "mfu": float(flops) / dims.sp / dt / (peak * dims.world),
                              "packing_efficiency": float(eff) / dims.world, "samples": batch.num_samples,
-                             "step_time_s": dt, "nonfinite_skipped": guard.total}, stats)
+                             "step_time_s": dt, "nonfinite_skipped": guard.total,
+                             **({} if validation_s is None else {"validation_s": validation_s})}, stats)
                 session.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:.0f}")
             guard.check(step)
 
