@@ -174,8 +174,10 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     validator = None
     if cfg.train.validate_every:
         def empty_model():        # the EMA's copy for sampling: no memory or RNG draws until filled
+            # It encodes the prompts itself: the trained model's frozen encoder, or (cached features:
+            # none in the trainer) the config's text.path, loaded for validation only.
             with torch.device("meta"):
-                return TextToVideo(cfg, device=device.type, frozen_text=getattr(model, "_frozen_text", [None])[0])
+                return TextToVideo(cfg, device=device.type, frozen_text=(model._frozen_text or [None])[0])
 
         validator = Validator(cfg, empty_model, validation_vae, device, dtype, session.run_dir, dims.rank, dims.world)
 
