@@ -25,6 +25,7 @@ from sora.data.pipeline import VideoStream
 from sora.data.shards import SkipStats, list_shards
 from sora.diffusion.flow import add_noise, first_frame_tokens, flow_loss_sum, sample_timesteps
 from sora.models.t2v import TextToVideo
+from sora.models.text import FrozenTextEncoder
 from sora.ops import PackedLayout
 from sora.ops.patchify import unpatchify_packed_torch
 from sora.parallel.dims import ParallelDims
@@ -173,11 +174,15 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     ema = ShardedEMA(engine.module.named_parameters(), cfg.train.ema)
     validator = None
     if cfg.train.validate_every:
+        # The sampling copy encodes the prompts itself: with the trained model's frozen encoder, or
+        # (cached features: none in the trainer) the config's text.path, loaded for validation only.
+        frozen = (model._frozen_text or [None])[0]
+        if frozen is None and cfg.text.encoder != "hash":
+            frozen = FrozenTextEncoder(cfg.text.path, cfg.text.max_tokens)
+
         def empty_model():        # the EMA's copy for sampling: no memory or RNG draws until filled
-            # It encodes the prompts itself: the trained model's frozen encoder, or (cached features:
-            # none in the trainer) the config's text.path, loaded for validation only.
             with torch.device("meta"):
-                return TextToVideo(cfg, device=device.type, frozen_text=(model._frozen_text or [None])[0])
+                return TextToVideo(cfg, device=device.type, frozen_text=frozen)
 
         validator = Validator(cfg, empty_model, validation_vae, device, dtype, session.run_dir, dims.rank, dims.world)
 
