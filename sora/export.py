@@ -4,6 +4,8 @@ Model weights come from DeepSpeed's own consolidation of its fp32 partitions; th
 (sora.train.ema keeps one partition per rank, laid out like each parameter's ZeRO-3 `ds_tensor`:
 the flattened parameter split into equal, zero-padded pieces in rank order). The run's config
 rides in the file's metadata, so `sora sample --run FILE` needs nothing else but the VAE run.
+A LoRA run's checkpoints hold only the adapters: they are merged into the rebuilt base weights
+(the file's config then has lora.rank = 0).
 """
 from __future__ import annotations
 
@@ -16,17 +18,21 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sora.config import Config, config_from_dict, to_dict
+from sora.models.lora import apply_lora, lora_scale, merge_lora, plain_name, trained_parameters
 from sora.models.t2v import TextToVideo
-from sora.train.artifacts import run_config
+from sora.train.artifacts import base_weights, run_config, without_lora
 from sora.train.checkpoint import newest_tag
 
 CONFIG_KEY = "sora_config"
 
 
 def _param_shapes(cfg: Config) -> list[tuple[str, torch.Size]]:
+    """(name, shape) of what the run trains, in the order its checkpoints list them."""
     with torch.device("meta"):
         model = TextToVideo(cfg)
-    return [(n, p.shape) for n, p in model.named_parameters()]
+        if cfg.lora.rank:
+            apply_lora(model, cfg.lora)
+    return [(n, p.shape) for n, p in trained_parameters(model)]
 
 
 def ema_from_shards(cfg: Config, tag_dir: Path) -> dict[str, torch.Tensor]:
@@ -64,6 +70,10 @@ def export_run(run_dir: str | Path, out: str | Path, ema: bool = False, tag: str
     if set(state) != expected:
         raise ValueError(f"checkpoint {tag} does not match the run's model: missing {sorted(expected - set(state))[:5]}, "
                          f"unexpected {sorted(set(state) - expected)[:5]}")
+    if cfg.lora.rank:
+        adapter = {plain_name(k): v for k, v in state.items()}
+        state = merge_lora(base_weights(cfg), adapter, lora_scale(cfg.lora.rank, cfg.lora.alpha))
+        cfg = without_lora(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file({k: v.detach().float().contiguous() for k, v in state.items()}, str(tmp),

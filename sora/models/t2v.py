@@ -54,3 +54,16 @@ class TextToVideo(nn.Module):
         """latents [N*P] packed -> velocity [N*P]; captions: one per segment of `layout`."""
         ctx, cu_ctx = self.encode_text(captions, latents.device)
         return self.dit(latents, layout, t, ctx.to(latents.dtype), cu_ctx, given)
+
+
+def initial_model(cfg, device: str = "cpu") -> TextToVideo:
+    """The model a run starts from, the same in every process that rebuilds it (every rank, a
+    resume, `sora export` of a LoRA run, whose checkpoints hold only the adapters): the seed's
+    init, with LoRA adapters injected and everything else frozen when lora.rank > 0."""
+    torch.manual_seed(cfg.run.seed)
+    model = TextToVideo(cfg, device=device)
+    if cfg.lora.rank:
+        from sora.models.lora import apply_lora
+
+        apply_lora(model, cfg.lora)
+    return model
