@@ -8,13 +8,19 @@ from sora.models.dit import DiT
 from sora.models.text import HashTextEncoder, FrozenTextEncoder
 
 
+def dit_of_config(cfg, text_dim: int, device: str = "cpu") -> DiT:
+    """The DiT a run's Config describes, for captions of `text_dim` features."""
+    from sora.config import resolved_dims
+
+    depth, width, heads = resolved_dims(cfg.model)
+    return DiT(cfg.vae.latent_channels, tuple(cfg.model.patch), width, depth, heads, text_dim, cfg.model.mlp_ratio,
+               cfg.model.qk_norm, cfg.model.rope_theta, cfg.model.checkpointing, cfg.model.backend, str(device))
+
+
 class TextToVideo(nn.Module):
     def __init__(self, cfg, device: str = "cpu"):
         """`device`: where the model will run; it picks the kernel backends (`auto`)."""
         super().__init__()
-        from sora.config import resolved_dims
-
-        depth, width, heads = resolved_dims(cfg.model)
         pt, ph, pw = cfg.model.patch
         self.patch = (pt, ph, pw)
         self.latent_channels = cfg.vae.latent_channels
@@ -26,9 +32,7 @@ class TextToVideo(nn.Module):
             self._frozen_text = [frozen]  # a list hides it from nn.Module: not trained, not sharded, not saved
             self.text = None
             text_dim = frozen.dim
-        self.dit = DiT(self.latent_channels, self.patch, width, depth, heads, text_dim,
-                       cfg.model.mlp_ratio, cfg.model.qk_norm, cfg.model.rope_theta,
-                       cfg.model.checkpointing, cfg.model.backend, str(device))
+        self.dit = dit_of_config(cfg, text_dim, device)
 
     def encode_text(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ctx [M, Dt], cu_seqlens_ctx [B+1] int32."""
