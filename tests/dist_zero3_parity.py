@@ -13,7 +13,6 @@ import torch.distributed as dist
 from sora.config import load_config
 from sora.data.packing import PackItem, pack
 from sora.diffusion.flow import first_frame_tokens
-from sora.models.lora import apply_lora
 from sora.models.t2v import TextToVideo
 from sora.parallel.dims import init_distributed
 from sora.train.checkpoint import gather_full_state
@@ -52,7 +51,7 @@ def main(out_path, steps, lora=False):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     if lora:   # its B starts at zero: perturb the adapters too, so every one gets a gradient
-        apply_lora(model, cfg.lora)
+        model.add_lora(cfg.lora)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.05 * p.requires_grad)

@@ -34,6 +34,14 @@ class TextToVideo(nn.Module):
             text_dim = frozen.dim
         self.dit = dit_of_config(cfg, text_dim, device)
 
+    def add_lora(self, lora) -> None:
+        """Freeze everything (the text encoder too), then give the DiT's blocks trainable LoRA
+        adapters (config section `lora`, sora/models/lora.py)."""
+        from sora.models.lora import apply_lora
+
+        self.requires_grad_(False)
+        apply_lora(self.dit, lora)
+
     def encode_text(self, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ctx [M, Dt], cu_seqlens_ctx [B+1] int32."""
         if self.text is not None:
@@ -67,7 +75,5 @@ def initial_model(cfg, device: str = "cpu") -> TextToVideo:
     torch.manual_seed(cfg.run.seed)
     model = TextToVideo(cfg, device=device)
     if cfg.lora.rank:
-        from sora.models.lora import apply_lora
-
-        apply_lora(model, cfg.lora)
+        model.add_lora(cfg.lora)
     return model
