@@ -70,3 +70,64 @@ def test_lora_config_errors_name_the_key():
     cfg = load_config("configs/demo.yaml", TINY + ["lora.rank=2", "lora.targets=[attn.qkv, mlp.1]"])
     with pytest.raises(ValueError, match="lora.targets.*'mlp.1'.*known: .*attn.qkv"):
         initial_model(cfg)
+
+
+# ---- Wan: the adapter and the merged model in diffusers --------------------------------------------
+
+WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=4,
+           text_dim=16, freq_dim=32, ffn_dim=40, num_layers=2, cross_attn_norm=True,
+           qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
+SHAPES, TEXT_LENS = [(1, 6, 4), (3, 4, 8), (5, 6, 6)], [5, 9, 1]     # (T, H, W): an image, odd frame counts
+
+
+def _wan_outputs(model, lat, sig, text):
+    """diffusers' forward, one sample at a time (timestep = 1000 * sigma)."""
+    with torch.no_grad():
+        return [model(x[None], (s * 1000).reshape(1), c[None]).sample[0] for x, s, c in zip(lat, sig, text)]
+
+
+def _rel(out, ref):
+    return max(float((o - r).abs().max()) / float(r.abs().max()) for o, r in zip(out, ref))
+
+
+def test_wan_lora_exports_exactly_to_diffusers(tmp_path):
+    """Our adapted Wan DiT (what training computes) = diffusers' model with our exported adapter
+    loaded by WanPipeline.load_lora_weights = diffusers' model from our merged export."""
+    pytest.importorskip("diffusers")
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    from sora.export import write_diffusers
+    from sora.models import load_dit
+
+    seed = torch.randint(0, 2 ** 31 - 1, ()).item()
+    torch.manual_seed(seed)
+    ref = WanTransformer3DModel(**WAN).eval()
+    _perturb(ref)
+    ref.save_pretrained(tmp_path / "base")
+    dit = load_dit(tmp_path / "base")
+    apply_lora(dit, SimpleNamespace(rank=3, alpha=5.0, dropout=0.0, targets=TARGETS))
+    _perturb(dit, only_trainable=True)
+    adapter, scale = adapter_state(dit), lora_scale(3, 5.0)
+
+    g = torch.Generator().manual_seed(seed)
+    lat = [torch.randn(WAN["in_channels"], *s, generator=g) for s in SHAPES]
+    sig = torch.rand(len(SHAPES), generator=g)
+    text = [torch.randn(n, WAN["text_dim"], generator=g) for n in TEXT_LENS]
+    with torch.no_grad():
+        ours = dit.denoise(lat, sig, text)
+
+    write_diffusers(load_dit(tmp_path / "base"), adapter, scale, tmp_path / "lora", "lora")
+    file = load_file(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors"))
+    assert all(k.startswith("transformer.blocks.") and ".lora_" in k for k in file)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=WanTransformer3DModel.from_pretrained(
+        tmp_path / "base"), vae=None, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.load_lora_weights(str(tmp_path / "lora"))
+    loaded = {n for n, _ in pipe.transformer.named_parameters() if ".lora_" in n}
+    assert len(loaded) == len(file) == 2 * 2 * 10    # blocks x (A, B) x (attn1 q k v out, attn2 q k v out, ffn 2)
+    theirs = _wan_outputs(pipe.transformer, lat, sig, text)
+    assert _rel(theirs, _wan_outputs(ref, lat, sig, text)) > 1e-2      # the adapter does change the output
+    assert _rel(ours, theirs) < 1e-4
+
+    write_diffusers(load_dit(tmp_path / "base"), adapter, scale, tmp_path / "full", "diffusers")
+    merged = WanTransformer3DModel.from_pretrained(tmp_path / "full").eval()
+    assert _rel(_wan_outputs(merged, lat, sig, text), theirs) < 1e-4
