@@ -131,3 +131,61 @@ def test_wan_lora_exports_exactly_to_diffusers(tmp_path):
     write_diffusers(load_dit(tmp_path / "base"), adapter, scale, tmp_path / "full", "diffusers")
     merged = WanTransformer3DModel.from_pretrained(tmp_path / "full").eval()
     assert _rel(_wan_outputs(merged, lat, sig, text), theirs) < 1e-4
+
+
+# ---- a whole LoRA run through the command line ------------------------------------------------------
+
+@pytest.mark.slow
+def test_lora_run_resumes_exactly_checkpoints_only_adapters_and_exports(world):
+    """SIGKILL mid-run + restart: bitwise the losses, gradient norms and adapters of an uninterrupted
+    run. Checkpoints hold the adapters, not the frozen base; the base is rebuilt for the merged final
+    weights, `sora export` and `sora sample` of a run whose final/ holds only the adapter."""
+    steps, lora = 6, ["lora.rank=4", "lora.alpha=8", "run.save_every=2"]
+    ref = world / "lora-ref"
+    r = sora(*dit_args(world, ref, steps, *lora, "lora.save_merged=true"), cwd=world)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    run = world / "lora-killed"
+    proc = subprocess.Popen([sys.executable, "-m", "sora.cli", *dit_args(world, run, steps, *lora)],
+                            cwd=world, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: newest(run) == "step00000001", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert max(metrics(run)) < steps - 1, "the run ended before it could be killed mid-way"
+    r = sora(*dit_args(world, run, steps, *lora), cwd=world)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stderr
+    a, b = metrics(ref), metrics(run)
+    for s in range(steps):
+        assert (a[s]["loss"], a[s]["grad_norm"]) == (b[s]["loss"], b[s]["grad_norm"]), s
+
+    for name in ("adapter", "adapter_ema"):
+        want, got = load_file(str(ref / "final" / f"{name}.safetensors")), load_file(str(run / "final" / f"{name}.safetensors"))
+        assert sorted(want) == sorted(got) and all(".lora_" in k for k in want)
+        assert all(torch.equal(want[k], got[k]) for k in want)
+    assert not (run / "final" / "model.safetensors").exists()           # merged only on request
+    states = torch.load(run / "checkpoints" / newest(run) / "zero_pp_rank_0_mp_rank_00_model_states.pt",
+                        weights_only=False)   # ZeRO-3: parameters live in the optimizer's fp32 partitions
+    assert states["frozen_param_shapes"] is None and states["frozen_param_fragments"] is None
+    optimized = [n for group in states["param_shapes"] for n in group]
+    assert len(optimized) == 2 * 7 * 2 and all(".lora_" in n for n in optimized)   # blocks x targets x (A, B)
+    assert sorted(states["module"]) == sorted(optimized)
+
+    # the merged weights: written by the run, rebuilt from the adapter-only run, exported offline
+    from sora.train.artifacts import final_weights
+
+    merged = load_file(str(ref / "final" / "model.safetensors"))
+    cfg, rebuilt = final_weights(run, ema=False)
+    assert cfg.lora.rank == 0 and sorted(rebuilt) == sorted(merged)
+    assert all(torch.equal(rebuilt[k], merged[k]) for k in merged)
+    out = world / "lora-export.safetensors"
+    r = sora("export", "--run", str(run), "--out", str(out), cwd=world)
+    assert r.returncode == 0, r.stderr[-3000:]
+    exported = load_file(str(out))
+    assert sorted(exported) == sorted(merged)
+    assert all(torch.equal(exported[k], merged[k]) for k in merged)
+    r = sora("export", "--run", str(run), "--out", str(world / "x"), "--format", "lora", cwd=world)
+    assert r.returncode == 2 and "not a Wan transformer" in r.stderr
+    r = sora("sample", "--run", str(run), "--prompt", "a red circle moving up", "--frames", "5", "--height", "32",
+             "--width", "48", "--steps", "2", "--out", str(world / "lora.gif"), cwd=world)
+    assert r.returncode == 0, r.stderr[-3000:]
