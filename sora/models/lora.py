@@ -41,7 +41,10 @@ def _target_regex(targets) -> str:
 
 def apply_lora(dit: nn.Module, lora) -> nn.Module:
     """Freeze `dit` (a DiT) and inject LoRA (config section `lora`) into its blocks' `lora.targets`."""
-    from peft import LoraConfig, inject_adapter_in_model
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as e:  # optional dependency
+        raise ImportError("lora.rank > 0 needs the optional 'peft' package (pip install 'sora[lora]')") from e
 
     linears = {n for n, m in dit.named_modules() if isinstance(m, nn.Linear)}
     for target in lora.targets:
