@@ -82,7 +82,9 @@ def load_dit(path, dtype: torch.dtype = torch.float32, device="cpu", backend: st
     if p.is_dir() and (p / "config.json").is_file():
         cfg = wan.wan_config(json.loads((p / "config.json").read_text()), str(p / "config.json"))
         state = wan.from_diffusers(_read_safetensors(_diffusers_weights(p), dtype), cfg)
-        return _build(wan.wan_dit_kwargs(cfg), state, device, backend)
+        model = _build(wan.wan_dit_kwargs(cfg), state, device, backend)
+        model.wan_config = cfg           # for save_dit (wan.config_of)
+        return model
     if (p.is_dir() and (p / "config.yaml").is_file()) or (p.is_file() and p.suffix == ".safetensors"):
         return _load_run(p, dtype, device, backend)
     raise FileNotFoundError(f"load_dit: '{path}' is not a local diffusers model directory (config.json), a run "

@@ -82,11 +82,14 @@ def config_of(model) -> dict:
     if not is_wan(model):
         raise ValueError("this DiT is not a Wan transformer (its DiTArch switches are ours): it has no diffusers form")
     attn = model.blocks[0].attn
-    return dict(DEFAULTS, patch_size=list(model.patch), num_attention_heads=attn.heads, attention_head_dim=attn.head_dim,
+    # keys that change nothing we compute (rope_max_seq_len: the longest axis diffusers' RoPE table
+    # holds) come from the config the model was loaded with (load_dit keeps it as `wan_config`)
+    return {**DEFAULTS, **getattr(model, "wan_config", {}), **dict(
+                patch_size=list(model.patch), num_attention_heads=attn.heads, attention_head_dim=attn.head_dim,
                 in_channels=model.channels, out_channels=model.out_channels, text_dim=model.text_mlp[0].in_features,
                 freq_dim=model.arch.t_freq_dim, ffn_dim=model.blocks[0].mlp[0].out_features,
                 num_layers=len(model.blocks), cross_attn_norm=model.arch.cross_norm,
-                qk_norm="rms_norm_across_heads" if isinstance(attn.q_norm, AcrossHeadsRMSNorm) else None, eps=NORM_EPS)
+                qk_norm="rms_norm_across_heads" if isinstance(attn.q_norm, AcrossHeadsRMSNorm) else None, eps=NORM_EPS)}
 
 
 # ---- the weight mapping ------------------------------------------------------------------------
