@@ -86,8 +86,11 @@ def _cmd_sample(a):
 def _cmd_export(a):
     from sora.export import export_run
 
-    out = export_run(a.run, a.out, ema=a.ema, tag=a.tag)
-    print(f"wrote {out} ({'EMA' if a.ema else 'raw'} weights)")
+    try:
+        out = export_run(a.run, a.out, ema=a.ema, tag=a.tag, format=a.format)
+    except ValueError as e:   # a run that does not fit the format, a checkpoint that does not fit the run
+        raise ConfigError(str(e)) from None
+    print(f"wrote {out} ({a.format}, {'EMA' if a.ema else 'raw'} weights)")
 
 
 def _cmd_evaluate(a):
@@ -183,9 +186,13 @@ def main(argv=None) -> int:
     s.add_argument("--device", default=None, help="cuda or cpu (default: cuda when a GPU is visible)")
     s.set_defaults(fn=_cmd_sample)
 
-    s = sub.add_parser("export", help="gather a run's ZeRO-3 checkpoint shards into one safetensors file")
+    s = sub.add_parser("export", help="gather a run's ZeRO-3 checkpoint shards into weights (LoRA merged, or the adapter)")
     s.add_argument("--run", required=True, help="run directory")
-    s.add_argument("--out", required=True, help="FILE.safetensors (the run's config goes in its metadata)")
+    s.add_argument("--out", required=True, help="sora: FILE.safetensors (the run's config goes in its metadata); "
+                                                "diffusers / lora: a directory")
+    s.add_argument("--format", choices=("sora", "diffusers", "lora"), default="sora",
+                   help="sora: full weights for `sora sample`; diffusers (Wan): a WanTransformer3DModel directory, "
+                        "LoRA merged; lora (Wan): the adapter for WanPipeline.load_lora_weights (default: sora)")
     s.add_argument("--ema", action="store_true", help="export the EMA weights instead of the raw ones")
     s.add_argument("--tag", default=None, help="checkpoint to export (default: the newest complete one)")
     s.set_defaults(fn=_cmd_export)

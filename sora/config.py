@@ -151,6 +151,17 @@ class ParallelConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = 0                      # > 0: train only LoRA adapters of this rank (peft); 0: every weight trains
+    alpha: float = 0.0                 # adapter scale alpha / rank; 0: alpha = rank (scale 1)
+    dropout: float = 0.0               # on the adapters' input
+    # linear layers inside each DiT block that get an adapter (sora/models/dit.py names)
+    targets: list = field(default_factory=lambda: ["attn.qkv", "attn.proj", "cross.q", "cross.kv", "cross.proj",
+                                                   "mlp.0", "mlp.2"])
+    save_merged: bool = False          # final/ also holds the merged full weights (model / ema.safetensors)
+
+
+@dataclass
 class SampleConfig:
     steps: int = 30
     cfg: float = 4.0
@@ -172,6 +183,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     # Cluster job shape for `sora-launch slurm|hosts` (checked by the launcher, ignored by trainers).
     launcher: dict = field(default_factory=dict)
@@ -384,6 +396,12 @@ def validate(cfg: Config) -> None:
              f"{cfg.text.context_rows} rows cannot hold a caption of text.max_tokens={cfg.text.max_tokens} rows (0: off)")
     _require(cfg.text.dim % cfg.text.heads == 0, "text.heads", f"{cfg.text.heads} heads do not divide text.dim {cfg.text.dim}")
     _require(cfg.optim.lr > 0, "optim.lr", "must be > 0")
+    lo = cfg.lora
+    _require(lo.rank >= 0, "lora.rank", f"must be >= 0 (0: off), got {lo.rank}")
+    _require(lo.alpha >= 0, "lora.alpha", f"must be >= 0 (0: = rank), got {lo.alpha}")
+    _require(0.0 <= lo.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {lo.dropout}")
+    _require(lo.rank == 0 or (len(lo.targets) > 0 and all(isinstance(t, str) and t for t in lo.targets)),
+             "lora.targets", f"needs one or more module names, got {lo.targets}")
 
 
 def _check_sizes(sizes: list, key: str, rules: ShapeRules) -> None:

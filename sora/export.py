@@ -1,9 +1,15 @@
-"""`sora export`: a checkpoint's ZeRO shards -> one full-weights safetensors file, offline.
+"""`sora export`: a checkpoint's ZeRO shards -> weights others can use, offline.
+
+Formats: `sora` (one full-weights safetensors file, what `sora sample --run FILE` takes);
+`diffusers` (a Wan run's DiT as a WanTransformer3DModel directory, LoRA merged); `lora` (a Wan
+run's adapter as OUT/pytorch_lora_weights.safetensors, for WanPipeline.load_lora_weights(OUT)).
 
 Model weights come from DeepSpeed's own consolidation of its fp32 partitions; the EMA is ours
 (sora.train.ema keeps one partition per rank, laid out like each parameter's ZeRO-3 `ds_tensor`:
 the flattened parameter split into equal, zero-padded pieces in rank order). The run's config
 rides in the file's metadata, so `sora sample --run FILE` needs nothing else but the VAE run.
+A LoRA run's checkpoints hold only the adapters: they are merged into the rebuilt base weights
+(the file's config then has lora.rank = 0).
 """
 from __future__ import annotations
 
@@ -16,17 +22,19 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sora.config import Config, config_from_dict, to_dict
-from sora.models.t2v import TextToVideo
-from sora.train.artifacts import run_config
+from sora.models.lora import lora_scale, lora_to_diffusers, merge_lora, plain_name, trained_parameters
+from sora.models.t2v import initial_model
+from sora.train.artifacts import base_weights, run_config, without_lora
 from sora.train.checkpoint import newest_tag
 
 CONFIG_KEY = "sora_config"
 
 
 def _param_shapes(cfg: Config) -> list[tuple[str, torch.Size]]:
+    """(name, shape) of what the run trains, in the order its checkpoints list them."""
     with torch.device("meta"):
-        model = TextToVideo(cfg)
-    return [(n, p.shape) for n, p in model.named_parameters()]
+        model = initial_model(cfg)
+    return [(n, p.shape) for n, p in trained_parameters(model)]
 
 
 def ema_from_shards(cfg: Config, tag_dir: Path) -> dict[str, torch.Tensor]:
@@ -47,7 +55,36 @@ def ema_from_shards(cfg: Config, tag_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_run(run_dir: str | Path, out: str | Path, ema: bool = False, tag: str | None = None) -> Path:
+FORMATS = ("sora", "diffusers", "lora")
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"     # the file name diffusers' load_lora_weights looks for
+
+
+def write_diffusers(dit, adapter: dict[str, torch.Tensor], scale: float, out: Path, format: str) -> Path:
+    """A Wan DiT's weights (`dit`, its base) and LoRA adapter (plain names relative to the DiT;
+    empty: none) -> `out` in diffusers' form: the full model with the adapter merged, or the adapter."""
+    from sora.models import save_dit, wan
+
+    if not wan.is_wan(dit):
+        raise ValueError(f"--format {format}: this run's DiT is not a Wan transformer, diffusers has no form for it "
+                         "(use --format sora)")
+    if format == "diffusers":
+        if adapter:
+            dit.load_state_dict(merge_lora(dit.state_dict(), adapter, scale))
+        return save_dit(dit, out)
+    if not adapter:
+        raise ValueError("--format lora: the run trained no LoRA adapter (lora.rank = 0); use --format diffusers")
+    out.mkdir(parents=True, exist_ok=True)
+    state = lora_to_diffusers(adapter, wan.rules(wan.config_of(dit)), scale)
+    tmp = out / (LORA_WEIGHTS + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / LORA_WEIGHTS)
+    return out
+
+
+def export_run(run_dir: str | Path, out: str | Path, ema: bool = False, tag: str | None = None,
+               format: str = "sora") -> Path:
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format '{format}'; known: {', '.join(FORMATS)}")
     run_dir, out = Path(run_dir), Path(out)
     cfg = run_config(run_dir)
     ckpt = run_dir / "checkpoints"
@@ -64,6 +101,16 @@ def export_run(run_dir: str | Path, out: str | Path, ema: bool = False, tag: str
     if set(state) != expected:
         raise ValueError(f"checkpoint {tag} does not match the run's model: missing {sorted(expected - set(state))[:5]}, "
                          f"unexpected {sorted(set(state) - expected)[:5]}")
+    if format != "sora":
+        model = initial_model(without_lora(cfg))                     # the base weights (the run's start)
+        adapter = {plain_name(k)[len("dit."):]: v for k, v in state.items()} if cfg.lora.rank else {}
+        if not cfg.lora.rank:
+            model.load_state_dict(state)
+        return write_diffusers(model.dit, adapter, lora_scale(cfg.lora.rank, cfg.lora.alpha), out, format)
+    if cfg.lora.rank:
+        adapter = {plain_name(k): v for k, v in state.items()}
+        state = merge_lora(base_weights(cfg), adapter, lora_scale(cfg.lora.rank, cfg.lora.alpha))
+        cfg = without_lora(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file({k: v.detach().float().contiguous() for k, v in state.items()}, str(tmp),

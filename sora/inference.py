@@ -13,7 +13,7 @@ from sora.diffusion.samplers import sample
 from sora.models.t2v import TextToVideo
 from sora.ops.patchify import unpatchify
 from sora.shapes import ShapeRules
-from sora.train.artifacts import load_vae, run_config
+from sora.train.artifacts import final_weights, load_vae
 
 
 def default_device() -> str:
@@ -47,15 +47,11 @@ class VideoGenerator:
         if Path(run_dir).is_file():
             from sora.export import config_of_export
 
-            cfg, path = config_of_export(run_dir), Path(run_dir)
+            cfg, state = config_of_export(run_dir), load_file(str(run_dir))
         else:
-            cfg = run_config(run_dir)
-            name = "ema.safetensors" if ema else "model.safetensors"
-            path = Path(run_dir) / "final" / name
-            if not path.is_file():
-                raise FileNotFoundError(f"no {name} in '{Path(run_dir) / 'final'}': has `sora train` finished?")
+            cfg, state = final_weights(run_dir, ema)   # a LoRA run's adapter merged into its base
         model = TextToVideo(cfg, device=str(device))
-        model.load_state_dict(load_file(str(path)))
+        model.load_state_dict(state)
         vae, _ = load_vae(cfg.vae.run, device)
         dtype = torch.bfloat16 if uses_bf16(cfg.train.precision, torch.device(device).type) else torch.float32
         return cls(cfg, model.to(device, dtype), vae, device)

@@ -2,7 +2,8 @@
 
 With W ranks, rank r trains on packs[r::W] of each step; with 1 rank it trains on all packs of a
 step concatenated into one pack. Writes the full gradients of the first step and the parameters
-after every step (gathered) so the test can compare the two runs.
+before and after every step (gathered) so the test can compare the two runs. A third argument
+`lora` trains LoRA adapters (rank 4) on the frozen model instead of every weight.
 """
 import sys
 
@@ -37,9 +38,9 @@ def make_pack(step, which, cfg):
     return items, t, noise, given
 
 
-def main(out_path, steps):
+def main(out_path, steps, lora=False):
     dims = init_distributed()
-    cfg = load_config("configs/demo.yaml", ["model.depth=2", "model.width=48", "model.heads=4", "text.dim=32",
+    cfg = load_config("configs/demo.yaml", ["lora.rank=4" if lora else "lora.rank=0","model.depth=2", "model.width=48", "model.heads=4", "text.dim=32",
                                             "text.layers=1", "optim.warmup=1", "optim.lr=1e-2",
                                             # gradients that are exactly zero in theory (key biases) are
                                             # rounding noise; a larger eps keeps Adam from amplifying it
@@ -49,10 +50,15 @@ def main(out_path, steps):
     with torch.no_grad():  # leave the zero-init regime so every parameter gets a gradient
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
+    if lora:   # its B starts at zero: perturb the adapters too, so every one gets a gradient
+        model.add_lora(cfg.lora)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05 * p.requires_grad)
     engine, _ = build_engine(cfg, model, bf16=False)
     from deepspeed.utils import safe_get_full_grad
 
-    record = {}
+    record = {f"init/{name}": w for name, w in gather_full_state(engine.module).items()}
     for step in range(steps):
         packs = [make_pack(step, w, cfg) for w in range(2)]
         if dims.world == 1:   # one rank: both ranks' packs as one
@@ -66,6 +72,8 @@ def main(out_path, steps):
         engine.backward(objective)
         if step == 0:
             for name, p in engine.module.named_parameters():
+                if not p.requires_grad:
+                    continue
                 g = safe_get_full_grad(p)
                 if dims.rank == 0:
                     record[f"grad/{name}"] = g.detach().clone()
@@ -79,4 +87,4 @@ def main(out_path, steps):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), lora=sys.argv[3:] == ["lora"])

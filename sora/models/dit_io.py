@@ -50,20 +50,16 @@ def _build(kwargs: dict, state: dict, device, backend) -> DiT:
 
 
 def _load_run(path: Path, dtype, device, backend) -> DiT:
-    """A run directory (final/ema.safetensors, else final/model.safetensors) or a `sora export` file."""
+    """A run directory (its final EMA weights) or a `sora export` file."""
     from sora.models.t2v import dit_of_config
 
     if path.is_file():
         from sora.export import config_of_export
-        cfg, weights = config_of_export(path), path
+        cfg, weights = config_of_export(path), _read_safetensors([path], dtype)
     else:
-        from sora.train.artifacts import run_config
-        cfg = run_config(path)
-        weights = next((path / "final" / n for n in ("ema.safetensors", "model.safetensors")
-                        if (path / "final" / n).is_file()), None)
-        if weights is None:
-            raise FileNotFoundError(f"'{path}' has no final/ema.safetensors or final/model.safetensors: has `sora train` finished?")
-    state = {k[len("dit."):]: v for k, v in _read_safetensors([weights], dtype).items() if k.startswith("dit.")}
+        from sora.train.artifacts import final_weights
+        cfg, weights = final_weights(path, ema=True)    # a LoRA run's adapter merged into its base
+    state = {k[len("dit."):]: v.to(dtype) for k, v in weights.items() if k.startswith("dit.")}
     text_dim = state["blocks.0.cross.kv.weight"].shape[1]
     with torch.device("meta"):
         model = dit_of_config(cfg, text_dim, str(device))

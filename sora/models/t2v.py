@@ -43,6 +43,14 @@ class TextToVideo(nn.Module):
             text_dim = self._frozen_text[0].dim
         self.dit = dit_of_config(cfg, text_dim, device)
 
+    def add_lora(self, lora) -> None:
+        """Freeze everything (the text encoder too), then give the DiT's blocks trainable LoRA
+        adapters (config section `lora`, sora/models/lora.py)."""
+        from sora.models.lora import apply_lora
+
+        self.requires_grad_(False)
+        apply_lora(self.dit, lora)
+
     def encode_text(self, text: list[str] | PackedText, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions (encoded here) or their cached rows -> ctx [M, Dt], cu_seqlens_ctx [B+1] int32: what
         the DiT attends to (padded with zero rows to text.context_rows when set)."""
@@ -80,3 +88,15 @@ class TextToVideo(nn.Module):
         """latents [N*P] packed -> velocity [N*P]; text: one caption (or cached rows) per segment of `layout`."""
         ctx, cu_ctx = self.encode_text(text, latents.device)
         return self.dit(latents, layout, t, ctx.to(latents.dtype), cu_ctx, given)
+
+
+def initial_model(cfg, device: str = "cpu", **kwargs) -> TextToVideo:
+    """The model a run starts from, the same in every process that rebuilds it (every rank, a
+    resume, `sora export` of a LoRA run, whose checkpoints hold only the adapters): the seed's
+    init, with LoRA adapters injected and everything else frozen when lora.rank > 0. kwargs:
+    TextToVideo's (text_dim for cached features, frozen_text)."""
+    torch.manual_seed(cfg.run.seed)
+    model = TextToVideo(cfg, device=device, **kwargs)
+    if cfg.lora.rank:
+        model.add_lora(cfg.lora)
+    return model

@@ -5,6 +5,10 @@ shard via safetensors, RNG and loader position as JSON) into a temporary directo
 barrier does rank 0 rename it into place and move the `newest` pointer (write-then-rename), so an
 interrupted save never becomes the one a restart resumes from.
 
+Frozen weights (all but the adapters of a LoRA run) are not saved: they are the run's starting
+weights, which every start rebuilds the same way (`initial_model`); a checkpoint holds what trains,
+its optimizer state and EMA.
+
 Layout of `checkpoints/stepN/`: the first engine (the trained model) at the top, in DeepSpeed's
 own layout (what `sora export` reads); any other engine (the VAE's discriminator) in a
 subdirectory named after it.
@@ -58,7 +62,8 @@ def save_checkpoint(engines: dict, ema, ckpt_dir: Path, step: int, keep: int, ra
     tmp_tag = TMP_PREFIX + tag
     for i, (name, engine) in enumerate(engines.items()):
         save_dir, ds_tag = _engine_dir(ckpt_dir, tmp_tag, i, name)
-        engine.save_checkpoint(save_dir, tag=ds_tag, client_state={"step": step}, save_latest=False)
+        engine.save_checkpoint(save_dir, tag=ds_tag, client_state={"step": step}, save_latest=False,
+                               exclude_frozen_parameters=True)
     rank = dist.get_rank()
     if ema is not None:
         save_file({str(i): s.contiguous() for i, s in enumerate(ema.shadow)},
@@ -92,6 +97,16 @@ def remove_incomplete(ckpt_dir: Path) -> list[str]:
     return gone
 
 
+def _load_trained(src: dict, dst: torch.nn.Module) -> None:
+    """Load a saved module state strictly, except for the frozen weights it does not hold."""
+    frozen = {n for n, p in dst.named_parameters() if not p.requires_grad}
+    result = dst.load_state_dict(src, strict=False)
+    missing = set(result.missing_keys) - frozen
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"checkpoint does not match the model: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(result.unexpected_keys)[:5]} (was it saved with other lora.* settings?)")
+
+
 def load_checkpoint(engines: dict, ema, ckpt_dir: Path) -> tuple[int, dict | None]:
     """Resume from the newest complete checkpoint: (next step, this rank's saved state or None)."""
     if dist.get_rank() == 0:
@@ -107,7 +122,7 @@ def load_checkpoint(engines: dict, ema, ckpt_dir: Path) -> tuple[int, dict | Non
         if i and not (ckpt_dir / tag / name).is_dir():
             raise FileNotFoundError(f"checkpoint {ckpt_dir / tag} has no state for '{name}' (was it saved "
                                     "by a run configured without it?)")
-        _, client = engine.load_checkpoint(load_dir, tag=ds_tag)
+        _, client = engine.load_checkpoint(load_dir, tag=ds_tag, custom_load_fn=_load_trained)
         start = start or int(client["step"]) + 1
     rank = dist.get_rank()
     if ema is not None:
@@ -118,12 +133,13 @@ def load_checkpoint(engines: dict, ema, ckpt_dir: Path) -> tuple[int, dict | Non
     return start, state
 
 
-def gather_full_state(module) -> dict[str, torch.Tensor]:
-    """Full weights on rank 0 (one parameter gathered at a time under ZeRO-3); empty elsewhere."""
+def gather_full_state(module, named_params=None) -> dict[str, torch.Tensor]:
+    """Full weights on rank 0 (one parameter gathered at a time under ZeRO-3); empty elsewhere.
+    `named_params`: (name, parameter) pairs to gather instead of all of `module`'s."""
     import deepspeed
 
     out = {}
-    for name, p in module.named_parameters():
+    for name, p in named_params if named_params is not None else module.named_parameters():
         with deepspeed.zero.GatheredParameters([p], modifier_rank=None, enabled=hasattr(p, "ds_id")):
             if dist.get_rank() == 0:
                 out[name] = p.data.detach().float().cpu().clone()

@@ -14,7 +14,8 @@ def build_engine(cfg: Config, module: torch.nn.Module, bf16: bool, mpu=None, who
     number of clips on every rank)."""
     import deepspeed
 
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+    # only what trains (everything, or the LoRA adapters): frozen weights get no optimizer state
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, cfg.optim.warmup, cfg.train.steps, cfg.optim.min_lr_ratio))

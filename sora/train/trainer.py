@@ -24,7 +24,8 @@ from sora.data.packing import PackedText
 from sora.data.pipeline import VideoStream
 from sora.data.shards import SkipStats, list_shards
 from sora.diffusion.flow import add_noise, first_frame_tokens, flow_loss_sum, sample_timesteps
-from sora.models.t2v import TextToVideo
+from sora.models.lora import trained_parameters
+from sora.models.t2v import TextToVideo, initial_model
 from sora.models.text import FrozenTextEncoder
 from sora.ops import PackedLayout
 from sora.ops.patchify import unpatchify_packed_torch
@@ -32,7 +33,7 @@ from sora.parallel.dims import ParallelDims
 from sora.parallel.sequence import padded_packing, shard_layout, shard_rows
 from sora.parallel.ulysses import init_sequence_parallel_groups, pack_checksum, wrap_for_sequence_parallel
 from sora.shapes import ShapeRules
-from sora.train.artifacts import check_vae_matches, load_vae, save_weights
+from sora.train.artifacts import check_vae_matches, load_vae, save_final
 from sora.train.checkpoint import gather_full_state
 from sora.train.ema import ShardedEMA
 from sora.train.engine import grad_norm
@@ -165,13 +166,12 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     if cfg.train.validate_every:   # found now, not at the first validation
         validation_vae = decoding_vae(cfg, device, latent) if latent else vae
 
-    torch.manual_seed(cfg.run.seed)  # identical init on every rank
-    model = TextToVideo(cfg, device=device.type, text_dim=cached.dim if cached else None)
+    model = initial_model(cfg, device.type, text_dim=cached.dim if cached else None)   # identical on every rank
     mpu = init_sequence_parallel_groups(dims.sp) if dims.sp > 1 else None
     engine, sched = session.build_engine(model, mpu)
     if mpu:
         wrap_for_sequence_parallel(engine.module.dit, mpu.get_sequence_parallel_group())
-    ema = ShardedEMA(engine.module.named_parameters(), cfg.train.ema)
+    ema = ShardedEMA(trained_parameters(engine.module), cfg.train.ema)
     validator = None
     if cfg.train.validate_every:
         # The sampling copy encodes the prompts itself: with the trained model's frozen encoder, or
@@ -182,9 +182,14 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
 
         def empty_model():        # the EMA's copy for sampling: no memory or RNG draws until filled
             with torch.device("meta"):
-                return TextToVideo(cfg, device=device.type, frozen_text=frozen)
+                copy = TextToVideo(cfg, device=device.type, frozen_text=frozen)
+                if cfg.lora.rank:
+                    copy.add_lora(cfg.lora)
+                return copy
 
-        validator = Validator(cfg, empty_model, validation_vae, device, dtype, session.run_dir, dims.rank, dims.world)
+        untrained = [(n, p) for n, p in engine.module.named_parameters() if not p.requires_grad]   # LoRA's base
+        validator = Validator(cfg, empty_model, validation_vae, device, dtype, session.run_dir, dims.rank, dims.world,
+                              untrained)
 
     stats = SkipStats()
     videos = VideoStream(list_shards(cfg.data.path, cfg.data.split), cfg.data, ShapeRules.of(cfg), dims.dp_rank,
@@ -248,11 +253,12 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
             guard.check(step)
 
         def export() -> None:
-            weights = gather_full_state(engine.module)   # collectives: every rank
+            adapters_only = cfg.lora.rank and not cfg.lora.save_merged
+            weights = gather_full_state(engine.module, trained_parameters(engine.module) if adapters_only
+                                        else None)   # collectives: every rank
             ema_weights = ema.full_state()
             if dims.is_main:
-                save_weights(weights, session.run_dir / "final" / "model.safetensors")
-                save_weights(ema_weights, session.run_dir / "final" / "ema.safetensors")
+                save_final(cfg, session.run_dir / "final", weights, ema_weights)
                 log.info("final weights in %s", session.run_dir / "final")
 
         return session.finish(export)

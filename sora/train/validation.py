@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import deepspeed
 import torch
 import torch.distributed as dist
 
@@ -71,8 +72,9 @@ class Validator:
     draws), to receive the EMA weights; `vae`: decodes latents to pixels."""
 
     def __init__(self, cfg: Config, empty_model: Callable[[], torch.nn.Module], vae, device, dtype,
-                 run_dir: Path, rank: int, world: int):
+                 run_dir: Path, rank: int, world: int, untrained=()):
         self.cfg, self.empty_model, self.vae = cfg, empty_model, vae
+        self.untrained = list(untrained)    # (name, parameter) the EMA does not track: LoRA's frozen base
         self.device, self.dtype, self.run_dir, self.rank, self.world = device, dtype, Path(run_dir), rank, world
         t = cfg.train
         self.clips = [(i, prompt, tuple(size)) for i, prompt in enumerate(t.validate_prompts)
@@ -115,6 +117,10 @@ class Validator:
         """The EMA weights in a plain model on this rank's device (None when `keep` is False; the
         gather is collective, so every rank takes part)."""
         state = {name: w.to(self.device, self.dtype) for name, w in ema.gathered() if keep}
+        for name, p in self.untrained:      # the frozen base as it is (a collective under ZeRO-3)
+            with deepspeed.zero.GatheredParameters([p], enabled=hasattr(p, "ds_id")):
+                if keep:
+                    state[name] = p.data.detach().to(self.device, self.dtype).clone()
         if not keep:
             return None
         model = self.empty_model()
