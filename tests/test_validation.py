@@ -212,3 +212,40 @@ def test_validation_under_zero3_and_sequence_parallel_on_two_ranks(world):
     assert r.returncode == 0, r.stderr[-3000:]
     # the 4th clip: rank 1's share (clips go round-robin over the ranks)
     assert out.read_bytes() == (run / "samples" / "step00000001" / "01-a_blue_square-1x32x48.gif").read_bytes()
+
+
+@pytest.mark.slow      # ~6 s: the meta-device copy (see above)
+def test_lora_validation_copy_is_the_adapted_model(tmp_path, one_rank):
+    """Under LoRA the EMA tracks only the adapters: the sampling copy takes them from the EMA and the
+    frozen base as it is, and then computes what the trained model computes."""
+    from sora.models.lora import trained_parameters
+    from sora.models.t2v import TextToVideo, initial_model
+    from sora.ops import build_layout
+    from sora.train.ema import ShardedEMA
+    from sora.train.validation import Validator
+
+    cfg = load_config(f"{ROOT}/configs/demo.yaml", [f"run.dir={tmp_path}", "model.depth=1", "model.width=48",
+                                                     "model.heads=4", "vae.channels=8", "lora.rank=2",
+                                                     "train.validate_every=3", PROMPTS, "train.ema=0"])
+    model = initial_model(cfg)
+    with torch.no_grad():
+        for _, p in trained_parameters(model):
+            p.normal_()                                          # B starts at 0: make the adapters count
+    ema = ShardedEMA(trained_parameters(model), cfg.train.ema)
+    ema.update(0)                                                # ema 0: the shadow is the weights
+
+    def empty_model():
+        with torch.device("meta"):
+            copy = TextToVideo(cfg)
+            copy.add_lora(cfg.lora)
+            return copy
+
+    untrained = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    validator = Validator(cfg, empty_model, None, torch.device("cpu"), torch.float32, tmp_path, 0, 1, untrained)
+    copy = validator._ema_model(ema, keep=True)
+    grid = torch.tensor([[2, 2, 3]], dtype=torch.int32)
+    cu = torch.tensor([0, 12], dtype=torch.int32)
+    x = torch.randn(12 * model.dit.in_dim)
+    args = (x, build_layout(cu, grid), torch.tensor([0.5]), ["a red circle moving left"])
+    with torch.no_grad():
+        assert torch.equal(copy(*args), model.eval()(*args))
