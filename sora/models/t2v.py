@@ -11,14 +11,20 @@ from sora.models.dit import DiT
 from sora.models.text import FrozenTextEncoder, HashTextEncoder, pad_context
 
 
+def dit_of_config(cfg, text_dim: int, device: str = "cpu") -> DiT:
+    """The DiT a run's Config describes, for captions of `text_dim` features."""
+    from sora.config import resolved_dims
+
+    depth, width, heads = resolved_dims(cfg.model)
+    return DiT(cfg.vae.latent_channels, tuple(cfg.model.patch), width, depth, heads, text_dim, cfg.model.mlp_ratio,
+               cfg.model.qk_norm, cfg.model.rope_theta, cfg.model.checkpointing, cfg.model.backend, str(device))
+
+
 class TextToVideo(nn.Module):
     def __init__(self, cfg, device: str = "cpu", text_dim: int | None = None):
         """`device`: where the model will run; it picks the kernel backends (`auto`). `text_dim`: the
         width of cached features (latent shards): no text encoder is built, forward takes PackedText."""
         super().__init__()
-        from sora.config import resolved_dims
-
-        depth, width, heads = resolved_dims(cfg.model)
         pt, ph, pw = cfg.model.patch
         self.patch = (pt, ph, pw)
         self.latent_channels = cfg.vae.latent_channels
@@ -33,9 +39,7 @@ class TextToVideo(nn.Module):
         else:
             self._frozen_text = [FrozenTextEncoder(cfg.text.path, cfg.text.max_tokens)]
             text_dim = self._frozen_text[0].dim
-        self.dit = DiT(self.latent_channels, self.patch, width, depth, heads, text_dim,
-                       cfg.model.mlp_ratio, cfg.model.qk_norm, cfg.model.rope_theta,
-                       cfg.model.checkpointing, cfg.model.backend, str(device))
+        self.dit = dit_of_config(cfg, text_dim, device)
 
     def encode_text(self, text: list[str] | PackedText, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions (encoded here) or their cached rows -> ctx [M, Dt], cu_seqlens_ctx [B+1] int32: what

@@ -49,7 +49,8 @@ class Kernels:
         return self._impl("rope")(q, k, layout.cu_seqlens, layout.grid, sections, theta, **kw)
 
     def adaln(self, x, shift, scale, layout: PackedLayout):
-        """x [L, D], shift/scale [S, D] per segment -> LayerNorm(x) * (1 + scale) + shift."""
+        """x [L, D], shift/scale [S, D] per segment -> LayerNorm(x) * (1 + scale) + shift. `layout`: a
+        PackedLayout, or any runs of tokens with cu_seqlens and sample_index (dit.CondSegments)."""
         kw = {"sample": layout.sample_index} if self.names["adaln"] == "torch" else {}
         return self._impl("adaln")(x, shift, scale, layout.cu_seqlens, **kw)
 
