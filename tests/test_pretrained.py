@@ -7,30 +7,22 @@ import pytest
 import torch
 
 from sora.models.pretrained import DiffusersVAE, PretrainedTextEncoder
+from tests.tiny_wan import wan_vae
 
 
-def _wan(path, **arch):
-    from diffusers import AutoencoderKLWan
-
-    z = arch["z_dim"]
-    g = torch.Generator().manual_seed(1)
-    m = AutoencoderKLWan(base_dim=8, num_res_blocks=1, dim_mult=[1, 2, 4, 4], temperal_downsample=[False, True, True],
-                         latents_mean=(torch.rand(z, generator=g) - 0.5).tolist(),
-                         latents_std=(torch.rand(z, generator=g) + 0.5).tolist(), **arch)
+def _wan(path, version):
+    m = wan_vae(version)
     m.save_pretrained(path)
     mean, std = torch.tensor(m.config.latents_mean), torch.tensor(m.config.latents_std)
     return m, (lambda z: (z - mean.view(-1, 1, 1, 1)) / std.view(-1, 1, 1, 1))   # Wan's pipelines normalise so
 
 
 def _wan21(path):
-    """Wan 2.1's VAE, narrow: 4 x 8 x 8 (three spatial halvings, time halved twice)."""
-    return _wan(path, z_dim=6)
+    return _wan(path, "2.1")
 
 
 def _wan22(path):
-    """Wan 2.2's VAE, narrow: pixels patchified 2 x 2 (12 channels in and out), residual blocks, then
-    the same 4 x 8 x 8 -> 4 x 16 x 16."""
-    return _wan(path, z_dim=12, decoder_base_dim=12, is_residual=True, in_channels=12, out_channels=12, patch_size=2)
+    return _wan(path, "2.2")
 
 
 def _cogvideox(path):
