@@ -118,3 +118,33 @@ def test_sora_sample_writes_the_asked_video_from_a_wan_dir_and_a_run(t2v, tmp_pa
                                VideoGenerator(gen.cfg, tuned, gen.vae).generate_latents([PROMPT], 5, 32, 48, **latent)[0])
     assert _rel(run.generate_latents([PROMPT], 5, 32, 48, **latent)[0],
                 gen.generate_latents([PROMPT], 5, 32, 48, **latent)[0]) > 1e-3
+
+
+@pytest.mark.slow
+def test_wan_config_preprocess_train_sample(t2v, tmp_path):
+    """The documented commands from a Wan directory, on configs/wan2.1-t2v-1.3b-480p.yaml with the
+    tiny pipeline's parts: preprocess (Wan VAE latents + umT5 rows), 2 training steps from the Wan
+    weights on the cached features, then sample the run."""
+    import json
+
+    from sora.data.video_io import decode_video
+    from tests.cli_runs import ROOT, sora
+
+    d, _ = t2v
+    assert sora("synth", "--out", str(tmp_path / "raw"), "--clips", "4", "--heldout", "0", cwd=tmp_path).returncode == 0
+    parts = [f"vae.pretrained={d / 'vae'}", "vae.latent_channels=6", f"text.path={d / 'text_encoder'}",
+             f"model.pretrained={d / 'transformer'}", "data.max_frames=5", "data.fps=0",
+             "data.max_tokens_per_sample=64", "data.tokens_per_batch=128", "sample.sizes=[[5,32,48]]"]
+    config = f"{ROOT}/configs/wan2.1-t2v-1.3b-480p.yaml"
+    r = sora("preprocess", config, f"data.path={tmp_path / 'raw'}", *parts, "--out", str(tmp_path / "lat"),
+             "--splits", "train", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = sora("train", config, f"data.path={tmp_path / 'lat'}", *parts, f"run.dir={tmp_path / 'run'}", "train.steps=2",
+             "train.precision=fp32", "run.log_every=1", "data.shuffle_buffer=4", "optim.warmup=1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    r = sora("sample", "--run", str(tmp_path / "run"), "--prompt", PROMPT, "--frames", "5", "--height", "32",
+             "--width", "48", "--steps", "2", "--out", str(tmp_path / "run.mp4"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert decode_video((tmp_path / "run.mp4").read_bytes()).shape == (5, 32, 48, 3)

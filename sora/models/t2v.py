@@ -21,7 +21,7 @@ def dit_of_config(cfg, text_dim: int, device: str = "cpu") -> DiT:
 
         dit = load_dit(cfg.model.pretrained, device=str(device), backend=cfg.model.backend)
         wants = {"vae.latent_channels": (cfg.vae.latent_channels, dit.channels),
-                 "text.path": (text_dim, dit.text_mlp[0].in_features if dit.arch.text_mlp else text_dim)}
+                 "text.path": (text_dim, dit.text_dim)}
         for key, (mine, theirs) in wants.items():
             if mine != theirs:
                 raise ConfigError(f"config key '{key}' gives {mine} {'channels' if 'vae' in key else 'text features'}"
