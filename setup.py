@@ -89,13 +89,13 @@ setup(
         # transformers / diffusers: the pretrained text-encoder and video-VAE loading tests
         # pyarrow: the Parquet-manifest ingest test; triton 3.6+: the interpreter of 3.4/3.5 checks
         # descriptor strides in elements, not bytes
-        "test": ["pytest>=8", "transformers>=4.44", "diffusers>=0.33", "pyarrow>=14",
+        "test": ["pytest>=8", "transformers>=4.44", "diffusers>=0.35", "pyarrow>=14",
                  "triton>=3.6; platform_system == 'Linux'"],
         "parquet": ["pyarrow>=14"],                       # sora ingest --captions FILE.parquet
         "flash": ["flash-attn>=2.6"],
         "t5": ["transformers>=4.44", "sentencepiece"],
         "bench": ["matplotlib>=3.7"],                  # PNG plots of benchmarks/ (optional)
-        "diffusers": ["diffusers>=0.33"],                 # vae.pretrained: Wan 2.1 / CogVideoX / HunyuanVideo VAEs
+        "diffusers": ["diffusers>=0.35"],                 # vae.pretrained (Wan 2.1 / 2.2, CogVideoX, HunyuanVideo VAEs), Wan pipelines
     },
     entry_points={"console_scripts": ["sora=sora.cli:main", "sora-launch=launcher.cli:main"]},
     ext_modules=_EXT_MODULES,
