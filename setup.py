@@ -90,13 +90,13 @@ setup(
         # pyarrow: the Parquet-manifest ingest test; triton 3.6+: the interpreter of 3.4/3.5 checks
         # descriptor strides in elements, not bytes
         # peft: LoRA (lora.rank > 0) and its tests
-        "test": ["pytest>=8", "transformers>=4.44", "diffusers>=0.33", "pyarrow>=14", "peft>=0.15",
+        "test": ["pytest>=8", "transformers>=4.44", "diffusers>=0.35", "pyarrow>=14", "peft>=0.15",
                  "triton>=3.6; platform_system == 'Linux'"],
         "parquet": ["pyarrow>=14"],                       # sora ingest --captions FILE.parquet
         "flash": ["flash-attn>=2.6"],
         "t5": ["transformers>=4.44", "sentencepiece"],
         "bench": ["matplotlib>=3.7"],                  # PNG plots of benchmarks/ (optional)
-        "diffusers": ["diffusers>=0.33"],                 # vae.pretrained: Wan 2.1 / CogVideoX / HunyuanVideo VAEs
+        "diffusers": ["diffusers>=0.35"],                 # vae.pretrained (Wan 2.1 / 2.2, CogVideoX, HunyuanVideo VAEs), Wan pipelines
         "lora": ["peft>=0.15"],                           # lora.rank > 0: train LoRA adapters
     },
     entry_points={"console_scripts": ["sora=sora.cli:main", "sora-launch=launcher.cli:main"]},

@@ -78,7 +78,8 @@ def _cmd_sample(a):
 
         from sora.data.video_io import decode_image
         first = decode_image(Path(first).read_bytes())[0]        # [H, W, 3]
-    video = gen.generate([a.prompt], a.frames, a.height, a.width, a.steps, a.cfg, a.seed, first_frame=first)[0]
+    video = gen.generate([a.prompt], a.frames, a.height, a.width, a.steps, a.cfg, a.seed, first_frame=first,
+                         negative_prompt=a.negative_prompt)[0]
     write_video(a.out, video, fps=a.fps or gen.playback_fps)
     print(f"wrote {a.out} ({video.shape[0]} frames, {video.shape[1]}x{video.shape[2]})")
 
@@ -169,13 +170,17 @@ def main(argv=None) -> int:
         t.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("sample", help="generate one video from a prompt")
-    s.add_argument("--run", required=True, help="run directory, or a FILE.safetensors from `sora export`")
+    s.add_argument("--run", required=True, help="run directory, a FILE.safetensors from `sora export`, or a "
+                                                "diffusers Wan pipeline directory (model_index.json)")
     s.add_argument("--prompt", required=True)
+    s.add_argument("--negative-prompt", default=None,
+                   help="caption of guidance's unconditional branch (default: the run's sample.negative_prompt: "
+                        "empty for ours, Wan's own for Wan)")
     s.add_argument("--frames", type=int, required=True)
     s.add_argument("--height", type=int, required=True)
     s.add_argument("--width", type=int, required=True)
-    s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--cfg", type=float, default=None)
+    s.add_argument("--steps", type=int, default=None, help="default: the run's sample.steps")
+    s.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the run's sample.cfg)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fps", type=float, default=None, help="playback rate (default: the rate the run trained at)")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")

@@ -100,6 +100,9 @@ class ModelConfig:
     qk_norm: bool = True
     checkpointing: bool = False
     backend: str = "auto"              # kernel backend: torch | triton | cuda | cpp | flash_attn | auto
+    # a local diffusers WanTransformer3DModel directory: the DiT's architecture and starting weights
+    # (size/depth/width/heads/patch/mlp_ratio/qk_norm/rope_theta are then its config.json's)
+    pretrained: str = ""
 
 
 @dataclass
@@ -170,6 +173,10 @@ class SampleConfig:
     # from that frame and the text (Emu Video's factorisation; needs diffusion.first_frame_prob > 0).
     first_frame: str = "joint"
     sizes: list = field(default_factory=lambda: [[9, 48, 48], [9, 48, 64]])  # [frames, height, width]
+    negative_prompt: str = ""          # the caption of guidance's unconditional branch (Wan's configs: Wan's own)
+    # > 0: one time shift at every size (Wan's flow_shift: 3.0 at 480p, 5.0 at 720p); 0: the
+    # training's token-count shift (diffusion.shift_base .. shift_max)
+    shift: float = 0.0
 
 
 @dataclass
@@ -355,10 +362,13 @@ def validate(cfg: Config) -> None:
     _require(len(m.patch) == 3 and all(int(p) >= 1 for p in m.patch), "model.patch", f"needs three positive ints, got {m.patch}")
     m.patch = tuple(int(p) for p in m.patch)
     _require(m.size in DIT_SIZES, "model.size", f"unknown size '{m.size}'; known: {', '.join(DIT_SIZES)}")
-    depth, width, heads = resolved_dims(m)
-    _require(width % heads == 0, "model.heads", f"{heads} heads do not divide width {width}")
-    head_dim = width // heads
-    _require(head_dim % 2 == 0 and head_dim >= 6, "model.heads", f"head dim {head_dim} must be even and >= 6 for 3-D RoPE")
+    if m.pretrained:
+        heads = _pretrained_heads(m)
+    else:
+        depth, width, heads = resolved_dims(m)
+        _require(width % heads == 0, "model.heads", f"{heads} heads do not divide width {width}")
+        head_dim = width // heads
+        _require(head_dim % 2 == 0 and head_dim >= 6, "model.heads", f"head dim {head_dim} must be even and >= 6 for 3-D RoPE")
     _require(m.backend in ("auto", "torch", "triton", "cuda", "cpp", "flash_attn"), "model.backend", f"unknown backend '{m.backend}'")
     rules = ShapeRules.of(cfg)
     problem = ShapeRules(v.ft, v.fh).frames_problem(d.max_frames)     # a cap: 1 + ft*k, and one temporal patch
@@ -381,6 +391,7 @@ def validate(cfg: Config) -> None:
     _require(0.0 <= cfg.train.ema < 1.0, "train.ema", f"must be in [0, 1), got {cfg.train.ema}")
     _require(cfg.train.steps >= 1, "train.steps", "must be >= 1")
     _require(s.sampler in ("euler", "heun"), "sample.sampler", f"unknown sampler '{s.sampler}'")
+    _require(s.shift >= 0, "sample.shift", f"must be >= 0 (0: the training's token-count shift), got {s.shift}")
     _require(s.first_frame in ("joint", "generate"), "sample.first_frame", f"unknown mode '{s.first_frame}' (joint | generate)")
     ffp = cfg.diffusion.first_frame_prob
     _require(0.0 <= ffp <= 1.0, "diffusion.first_frame_prob", f"must be in [0, 1], got {ffp}")
@@ -441,6 +452,21 @@ def untrained_first_frame_mode(cfg: Config, mode: str) -> str | None:
     if mode != "joint" and cfg.model.patch[0] != 1:
         return f"'{mode}' needs model.patch[0] = 1 (one latent frame per token frame), got {cfg.model.patch[0]}"
     return None
+
+
+def _pretrained_heads(m: ModelConfig) -> int:
+    """Attention heads of the diffusers transformer in model.pretrained (its config.json; the weights
+    load when the model is built), after checking that model.patch is its patch."""
+    import json
+
+    path = Path(m.pretrained) / "config.json"
+    _require(path.is_file(), "model.pretrained", f"'{m.pretrained}' is not a local directory with a config.json "
+             "(nothing is downloaded)")
+    raw = json.loads(path.read_text())
+    patch = tuple(raw.get("patch_size", (1, 2, 2)))
+    _require(patch == tuple(m.patch), "model.patch", f"is {list(m.patch)} but '{m.pretrained}' has patch_size "
+             f"{list(patch)}")
+    return int(raw.get("num_attention_heads", 40))
 
 
 def resolved_dims(m: ModelConfig) -> tuple[int, int, int]:

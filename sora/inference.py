@@ -12,7 +12,7 @@ from sora.data.packing import pack, PackItem
 from sora.diffusion.samplers import sample
 from sora.models.t2v import TextToVideo
 from sora.ops.patchify import unpatchify
-from sora.shapes import ShapeRules
+from sora.shapes import ShapeRules, patch_grid
 from sora.train.artifacts import final_weights, load_vae
 
 
@@ -34,6 +34,22 @@ class _InModelDtype:
         return self.model(x.to(self.dtype), *args, **kwargs).float()
 
 
+def load_decoder(pretrained: str, run: str, device):
+    """The VAE that decodes samples: a diffusers VAE directory (vae.pretrained), else a stage-1 run."""
+    if pretrained:
+        from sora.models.pretrained import DiffusersVAE
+
+        return DiffusersVAE(pretrained).to(device)
+    return load_vae(run, device)[0]
+
+
+def check_decoder(cfg: Config, vae) -> None:
+    for key in ("ft", "fh", "latent_channels"):
+        if getattr(vae, key) != getattr(cfg.vae, key):
+            raise ConfigError(f"config key 'vae.{key}' is {getattr(cfg.vae, key)} but the VAE that decodes "
+                              f"('{cfg.vae.pretrained or cfg.vae.run}') has {getattr(vae, key)}")
+
+
 class VideoGenerator:
     def __init__(self, cfg: Config, model: TextToVideo, vae, device="cpu"):
         self.cfg, self.model, self.vae, self.device = cfg, model.eval(), vae, device
@@ -41,18 +57,27 @@ class VideoGenerator:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, ema: bool = True, device="cpu") -> "VideoGenerator":
-        """A run directory (its final weights, EMA or raw) or a file written by `sora export`. The
-        model runs in the run's train.precision on `device` (bf16 on a GPU under `auto`), with the
-        kernel backends `model.backend` names for that device."""
+        """A run directory (its final weights, EMA or raw), a file written by `sora export`, or a
+        diffusers Wan pipeline directory (its own weights, Wan's sampling defaults). The model runs
+        in the run's train.precision on `device` (bf16 on a GPU under `auto`), with the kernel
+        backends `model.backend` names for that device."""
+        from sora.models.wan_pipeline import is_wan_pipeline, wan_pipeline_config
+
+        state = None
         if Path(run_dir).is_file():
             from sora.export import config_of_export
 
             cfg, state = config_of_export(run_dir), load_file(str(run_dir))
+        elif is_wan_pipeline(run_dir):
+            vae = load_decoder(str(Path(run_dir) / "vae"), "", device)
+            cfg = wan_pipeline_config(run_dir, vae)
         else:
             cfg, state = final_weights(run_dir, ema)   # a LoRA run's adapter merged into its base
-        model = TextToVideo(cfg, device=str(device))
-        model.load_state_dict(state)
-        vae, _ = load_vae(cfg.vae.run, device)
+        model = TextToVideo(cfg, device=str(device))     # model.pretrained: built with its weights
+        if state is not None:
+            model.load_state_dict(state)
+            vae = load_decoder(cfg.vae.pretrained, cfg.vae.run, device)
+        check_decoder(cfg, vae)
         dtype = torch.bfloat16 if uses_bf16(cfg.train.precision, torch.device(device).type) else torch.float32
         return cls(cfg, model.to(device, dtype), vae, device)
 
@@ -72,12 +97,27 @@ class VideoGenerator:
     @torch.no_grad()
     def generate(self, prompts: list[str], frames: int, height: int, width: int, steps: int | None = None,
                  guidance: float | None = None, seed: int = 0, method: str | None = None,
-                 first_frame=None) -> list[np.ndarray]:
+                 first_frame=None, negative_prompt: str | None = None) -> list[np.ndarray]:
         """-> one uint8 video [T, H, W, 3] per prompt.
 
         first_frame: "joint" (every frame denoised together), "generate" (text -> first frame as an
         image, then the clip from it: Emu Video's factorisation), a uint8 image [H, W, 3] to animate
-        (image-to-video), or None for the run's `sample.first_frame`."""
+        (image-to-video), or None for the run's `sample.first_frame`. steps, guidance, method and
+        negative_prompt: None for the run's `sample:` section."""
+        latents = self.generate_latents(prompts, frames, height, width, steps, guidance, seed, method, first_frame,
+                                        negative_prompt)
+        videos = []
+        for latent in latents:                                                  # [C, T', H', W']
+            video = self.vae.decode(latent[None].float())[0]                    # [3, T, H, W]
+            video = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
+            videos.append(video)                                                # [T, H, W, 3]
+        return videos
+
+    @torch.no_grad()
+    def generate_latents(self, prompts: list[str], frames: int, height: int, width: int, steps: int | None = None,
+                         guidance: float | None = None, seed: int = 0, method: str | None = None,
+                         first_frame=None, negative_prompt: str | None = None) -> list[torch.Tensor]:
+        """`generate` before decoding: one latent [C, T', H', W'] per prompt."""
         self.check_size(frames, height, width)
         mode = self.cfg.sample.first_frame if first_frame is None else first_frame
         image = None if isinstance(mode, str) else mode
@@ -88,32 +128,35 @@ class VideoGenerator:
             raise ConfigError(f"--first-frame {problem}")
         grid = ShapeRules.of(self.cfg).grid(frames, height, width)
         g = torch.Generator().manual_seed(seed)
+        s = self.cfg.sample
+        run = dict(steps=steps or s.steps, guidance=s.cfg if guidance is None else guidance,
+                   method=method or s.sampler, negative=s.negative_prompt if negative_prompt is None else negative_prompt)
         if image is not None:
             first = [self._encode_image(image, height, width)] * len(prompts)    # [C, 1, H', W'] each
         elif mode == "generate" and frames > 1:
-            first = self._denoise(prompts, (1,) + grid[1:], g, steps, guidance, method)
+            first = self._denoise(prompts, self.noise(len(prompts), (1,) + grid[1:], g), **run)
         else:                                                                   # joint, or a text -> image
             first = None
         if first is not None and frames == 1:
-            latents = first                                                     # the given image itself
-        else:
-            latents = self._denoise(prompts, grid, g, steps, guidance, method, first)
-        videos = []
-        for latent in latents:                                                  # [C, T', H', W']
-            video = self.vae.decode(latent[None].float())[0]                    # [3, T, H, W]
-            video = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
-            videos.append(video)                                                # [T, H, W, 3]
-        return videos
+            return first                                                        # the given image itself
+        return self._denoise(prompts, self.noise(len(prompts), grid, g), first=first, **run)
 
-    def _denoise(self, prompts, grid, g: torch.Generator, steps, guidance, method, first=None) -> list[torch.Tensor]:
-        """Sample one latent [C, T', H', W'] per prompt on a token grid; `first` (optional): each
+    def noise(self, count: int, grid, g: torch.Generator) -> list[torch.Tensor]:
+        """`count` starting noises [C, T', H', W'] on a token grid, drawn per token then laid out as a
+        latent (the same draws whatever the layout)."""
+        c, patch = self.vae.latent_channels, self.cfg.model.patch
+        n, p = grid[0] * grid[1] * grid[2], c * int(np.prod(patch))
+        return [unpatchify(torch.randn(n, p, generator=g), grid, patch, c) for _ in range(count)]
+
+    def _denoise(self, prompts, noise: list[torch.Tensor], steps: int, guidance: float, method: str, negative: str,
+                 first=None) -> list[torch.Tensor]:
+        """Sample one latent [C, T', H', W'] per prompt from its noise; `first` (optional): each
         prompt's first-frame latent [C, 1, H', W'], held fixed (given)."""
-        s, c, patch = self.cfg.sample, self.vae.latent_channels, self.cfg.model.patch
+        c, patch = self.vae.latent_channels, self.cfg.model.patch
         p = c * int(np.prod(patch))
+        grid = patch_grid(*noise[0].shape[1:], patch)                          # every noise has one size
         n = grid[0] * grid[1] * grid[2]
-        # noise drawn per token, then laid out as a latent (the same draws whatever the layout)
-        items = [PackItem(unpatchify(torch.randn(n, p, generator=g), grid, patch, c), grid, prompt, str(i))
-                 for i, prompt in enumerate(prompts)]
+        items = [PackItem(z, grid, prompt, str(i)) for i, (z, prompt) in enumerate(zip(noise, prompts))]
         batch = pack(items).to(self.device)
         given = x_given = None
         if first is not None:
@@ -123,8 +166,8 @@ class VideoGenerator:
             x_given = torch.cat([torch.cat([f.to(batch.latents), torch.zeros_like(it.latent[:, f.shape[1]:]).to(
                 batch.latents)], dim=1).reshape(-1) for f, it in zip(first, items)])   # [N*P]
         x = sample(_InModelDtype(self.model, self.dtype), batch.latents, batch.cu_seqlens, batch.grid, batch.captions,
-                   steps or s.steps, s.cfg if guidance is None else guidance, self.cfg.diffusion, method or s.sampler,
-                   given=given, x_given=x_given)
+                   steps, guidance, self.cfg.diffusion, method, given=given, x_given=x_given, negative=negative,
+                   shift=self.cfg.sample.shift)
         shape = (c, grid[0] * patch[0], grid[1] * patch[1], grid[2] * patch[2])
         return [x[int(batch.cu_seqlens[b]) * p:int(batch.cu_seqlens[b + 1]) * p].view(shape)
                 for b in range(len(prompts))]

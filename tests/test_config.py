@@ -16,6 +16,34 @@ def test_real_size_configs_load(name):
     load_config(name)
 
 
+@pytest.mark.parametrize("name, wan", [("wan2.1-t2v-1.3b-480p", dict(fh=8, ch=16, shift=3.0, frames=81, ffp=0.0)),
+                                       ("wan2.2-ti2v-5b-480p", dict(fh=16, ch=48, shift=3.0, frames=121, ffp=0.5)),
+                                       ("wan2.2-ti2v-5b-720p", dict(fh=16, ch=48, shift=5.0, frames=121, ffp=0.5))])
+def test_wan_configs_load(name, wan, tmp_path):
+    """`sora train CONFIG model.pretrained=DIR`: the config reads (the transformer's config.json is
+    checked: patch, heads for sp), with Wan's VAE factors, umT5 context and sampling defaults."""
+    import json
+
+    from sora.models.wan_pipeline import WAN_SAMPLE
+
+    path = f"configs/{name}.yaml"
+    with pytest.raises(ConfigError, match="model.pretrained.*not a local directory"):
+        load_config(path)                                    # weights/... is not here: refused by name
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel", "patch_size": [1, 2, 2],
+                                                      "num_attention_heads": 12}))
+    cfg = load_config(path, [f"model.pretrained={tmp_path}"])
+    assert (cfg.vae.ft, cfg.vae.fh, cfg.vae.latent_channels) == (4, wan["fh"], wan["ch"])
+    assert (cfg.text.encoder, cfg.text.max_tokens, cfg.text.context_rows, cfg.text.source) == ("t5", 512, 512, "cached")
+    assert (cfg.train.precision, cfg.train.zero_stage, cfg.data.max_frames) == ("bf16", 3, wan["frames"])
+    assert cfg.diffusion.shift_base == cfg.diffusion.shift_max == cfg.sample.shift == wan["shift"]
+    assert cfg.diffusion.first_frame_prob == wan["ffp"]
+    assert {k: getattr(cfg.sample, k) for k in WAN_SAMPLE} == WAN_SAMPLE
+    with pytest.raises(ConfigError, match="model.patch"):
+        load_config(path, [f"model.pretrained={tmp_path}", "model.patch=[1,1,1]"])
+    with pytest.raises(ConfigError, match="parallel.sp"):
+        load_config(path, [f"model.pretrained={tmp_path}", "parallel.sp=5"])     # 12 heads
+
+
 def test_overrides_typed():
     cfg = load_config("configs/demo.yaml", ["train.steps=7", "model.qk_norm=false", "model.patch=[1,2,2]", "optim.lr=3e-4"])
     assert cfg.train.steps == 7 and cfg.model.qk_norm is False and cfg.model.patch == (1, 2, 2)

@@ -29,28 +29,12 @@ from sora.preprocess import preprocess, preprocess_shard
 from sora.train.artifacts import build_vae, save_weights
 from sora.train.trainer import step_input
 from tests.cli_runs import TINY, metrics, sora
+from tests.tiny_wan import TEXT_DIM, umt5
 
 tf = pytest.importorskip("transformers", reason="frozen text encoders need transformers")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORDS = ["<pad>", "</s>", "<unk>", "a", "an", "red", "green", "blue", "yellow", "white", "magenta", "circle",
-         "square", "triangle", "moving", "left", "right", "up", "down"]
-DIM = 20
-
-
-def _umt5_dir(path):
-    """A tiny random umT5 encoder + a word-level tokenizer that appends </s> like T5's."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tok = tf.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    tok.save_pretrained(path)
-    model = tf.UMT5EncoderModel(tf.UMT5Config(vocab_size=len(WORDS), d_model=DIM, d_kv=5, d_ff=24, num_layers=2,
-                                              num_heads=4)).eval()
-    model.save_pretrained(path)
-    return tok, model
+DIM = TEXT_DIM
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +46,7 @@ def cache(tmp_path_factory):
     torch.manual_seed(0)
     save_config(vcfg, base / "vae" / "config.yaml")
     save_weights(build_vae(vcfg).state_dict(), base / "vae" / "vae.safetensors")
-    tok, ref = _umt5_dir(base / "umt5")
+    tok, ref = umt5(base / "umt5")
     cfg = load_config(f"{ROOT}/configs/demo.yaml", [f"data.path={base / 'raw'}", f"vae.run={base / 'vae'}",
                                                      "vae.channels=8", "data.fps=0", "text.encoder=t5",
                                                      f"text.path={base / 'umt5'}", "text.max_tokens=8"])

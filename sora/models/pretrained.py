@@ -57,10 +57,15 @@ class DiffusersVAE(nn.Module):
         self.model.eval().requires_grad_(False)
         c = self.model.config
         if family == "AutoencoderKLWan":
-            # from the architecture, not scale_factor_* (those keep their defaults in small configs)
+            # From the architecture, not scale_factor_* (those keep their defaults in small configs).
+            # Wan 2.1: 4 x 8 x 8, 16 channels. Wan 2.2: pixels patchified 2 x 2 first, then 4 x 8 x 8
+            # -> 4 x 16 x 16, 48 channels.
             self.ft = 2 ** sum(bool(d) for d in c.temperal_downsample)
-            self.fh = 2 ** (len(c.dim_mult) - 1) * (getattr(c, "patch_size", None) or 1)
+            self.fh = 2 ** (len(c.dim_mult) - 1) * (c.patch_size or 1)
             self.latent_channels = c.z_dim
+            if self.ft != 4:   # diffusers encodes frame 0, then chunks of exactly 4 frames
+                raise ValueError(f"vae.pretrained '{path}': temperal_downsample {list(c.temperal_downsample)} "
+                                 f"compresses time {self.ft}x, but diffusers' Wan VAE encodes 4 frames per latent frame")
             mean = torch.tensor(c.latents_mean, dtype=torch.float32)
             scale = 1.0 / torch.tensor(c.latents_std, dtype=torch.float32)
         else:
@@ -122,6 +127,15 @@ def text_model_info(path: str | Path) -> tuple[str, int]:
     return kind, int(cfg.get("d_model") or cfg.get("hidden_size") or 0)
 
 
+def _tokenizer_dir(path: Path) -> Path:
+    """The encoder's own directory, or its sibling `tokenizer/` (a diffusers pipeline keeps them apart:
+    text_encoder/ and tokenizer/)."""
+    if any((path / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json", "spiece.model")):
+        return path
+    sibling = path.parent / "tokenizer"
+    return sibling if sibling.is_dir() else path
+
+
 def load_text_model(path: str | Path):
     """(tokenizer, frozen encoder) from a local directory; the class follows config.json's model_type."""
     p = _local_dir(path, "text.path")
@@ -132,7 +146,7 @@ def load_text_model(path: str | Path):
         import transformers
     except ImportError as e:  # optional dependency
         raise ImportError("a pretrained text encoder needs the optional 'transformers' package (pip install 'sora[t5]')") from e
-    tok = transformers.AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    tok = transformers.AutoTokenizer.from_pretrained(str(_tokenizer_dir(p)), local_files_only=True)
     model = getattr(transformers, TEXT_FAMILIES[kind]).from_pretrained(str(p), local_files_only=True)
     return tok, model.eval().requires_grad_(False)
 

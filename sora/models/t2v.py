@@ -12,8 +12,22 @@ from sora.models.text import FrozenTextEncoder, HashTextEncoder, pad_context
 
 
 def dit_of_config(cfg, text_dim: int, device: str = "cpu") -> DiT:
-    """The DiT a run's Config describes, for captions of `text_dim` features."""
-    from sora.config import resolved_dims
+    """The DiT a run's Config describes, for captions of `text_dim` features: a diffusers Wan
+    transformer with its weights (model.pretrained), else ours, freshly initialised."""
+    from sora.config import ConfigError, resolved_dims
+
+    if cfg.model.pretrained:
+        from sora.models.dit_io import load_dit
+
+        dit = load_dit(cfg.model.pretrained, device=str(device), backend=cfg.model.backend)
+        wants = {"vae.latent_channels": (cfg.vae.latent_channels, dit.channels),
+                 "text.path": (text_dim, dit.text_dim)}
+        for key, (mine, theirs) in wants.items():
+            if mine != theirs:
+                raise ConfigError(f"config key '{key}' gives {mine} {'channels' if 'vae' in key else 'text features'}"
+                                  f", but model.pretrained '{cfg.model.pretrained}' takes {theirs}")
+        dit.checkpointing = cfg.model.checkpointing
+        return dit.train()
 
     depth, width, heads = resolved_dims(cfg.model)
     return DiT(cfg.vae.latent_channels, tuple(cfg.model.patch), width, depth, heads, text_dim, cfg.model.mlp_ratio,

@@ -208,8 +208,11 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
                                                      lambda: loader.packs_taken, ema))
     loader.skip(packs_taken if start < cfg.train.steps else 0)   # a finished run only re-exports
 
-    text_dim = engine.module.dit.text_pool[0].normalized_shape[0]
-    shape = dataclasses.replace(DiTShape.from_config(cfg), text_dim=text_dim)
+    dit = engine.module.dit
+    shape = dataclasses.replace(DiTShape.from_config(cfg), text_dim=dit.text_dim)
+    if cfg.model.pretrained:           # a Wan transformer: its dims are its config.json's, not the size registry's
+        shape = dataclasses.replace(shape, depth=len(dit.blocks), width=dit.width, heads=dit.blocks[0].attn.heads,
+                                    mlp_ratio=dit.blocks[0].mlp[0].out_features / dit.width)
     peak, peak_source = peak_flops(str(device))
     if dims.is_main:
         log.info("DiT %s: depth %d width %d, %d ranks (dp %d x sp %d), MFU peak: %s %.3g FLOP/s",

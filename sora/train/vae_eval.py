@@ -16,8 +16,8 @@ from sora.train.vae_losses import psnr, ssim
 def latent_stats(vae, videos, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of latent means over n clips, so the DiT sees ~N(0, 1) latents."""
     p = next(vae.parameters())
-    zs = torch.cat([vae.encode_dist(v[None].to(p.device, p.dtype))[0].float().transpose(0, 1).flatten(1)
-                    for _, v, _ in _take(videos, n)], 1)
+    zs = torch.cat([vae.encode_dist(s.data[None].to(p.device, p.dtype))[0].float().transpose(0, 1).flatten(1)
+                    for s in _take(videos, n)], 1)
     return zs.mean(1), zs.std(1).clamp(min=1e-4)
 
 
