@@ -24,8 +24,14 @@ CONFIG_KEY = "sora_config"
 
 
 def _param_shapes(cfg: Config) -> list[tuple[str, torch.Size]]:
+    """The trained parameters' names and shapes, built on the meta device from configs alone (a
+    frozen encoder's config.json gives the DiT's text width; its weights are not read)."""
+    text_dim = None
+    if cfg.text.encoder != "hash":
+        from sora.models.pretrained import text_model_info
+        text_dim = text_model_info(cfg.text.path)[1] or None   # unknown width: build the encoder
     with torch.device("meta"):
-        model = TextToVideo(cfg)
+        model = TextToVideo(cfg, text_dim=text_dim)
     return [(n, p.shape) for n, p in model.named_parameters()]
 
 

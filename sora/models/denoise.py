@@ -13,7 +13,7 @@ def _check(model, latents, sigmas, text, first_frame):
                          f"{tuple(sigmas.shape)}")
     if first_frame is not None and len(first_frame) != b:
         raise ValueError(f"denoise: first_frame has {len(first_frame)} flags for {b} latents")
-    text_dim = model.text_mlp[0].in_features if model.arch.text_mlp else model.blocks[0].cross.kv.in_features
+    text_dim = model.text_dim
     for i, (x, c) in enumerate(zip(latents, text)):
         if x.dim() != 4 or x.shape[0] != model.channels:
             raise ValueError(f"denoise: latents[{i}] has shape {tuple(x.shape)}; expected [{model.channels}, T, H, W]")

@@ -11,13 +11,33 @@ from sora.models.dit import DiT
 from sora.models.text import FrozenTextEncoder, HashTextEncoder, pad_context
 
 
-def dit_of_config(cfg, text_dim: int, device: str = "cpu") -> DiT:
-    """The DiT a run's Config describes, for captions of `text_dim` features."""
+def dit_kwargs_of_config(cfg, text_dim: int) -> dict:
+    """The architecture (DiT keyword arguments) a run's Config describes, for captions of `text_dim`
+    features: model.pretrained's when set (its directory decides; config.validate checked that the
+    config agrees), else the config's own dims."""
+    if cfg.model.pretrained:
+        from sora.models.dit_io import architecture
+        return architecture(cfg.model.pretrained)[0]
     from sora.config import resolved_dims
 
     depth, width, heads = resolved_dims(cfg.model)
-    return DiT(cfg.vae.latent_channels, tuple(cfg.model.patch), width, depth, heads, text_dim, cfg.model.mlp_ratio,
-               cfg.model.qk_norm, cfg.model.rope_theta, cfg.model.checkpointing, cfg.model.backend, str(device))
+    return dict(channels=cfg.vae.latent_channels, patch=tuple(cfg.model.patch), width=width, depth=depth, heads=heads,
+                text_dim=text_dim, mlp_ratio=cfg.model.mlp_ratio, qk_norm=cfg.model.qk_norm,
+                rope_theta=cfg.model.rope_theta)
+
+
+def dit_of_config(cfg, text_dim: int, device: str = "cpu") -> DiT:
+    """The DiT a run's Config describes, randomly initialised (model.pretrained's weights are loaded
+    by the trainer: `sora.models.dit_io.dit_weights`)."""
+    from sora.models.dit_io import architecture, new_dit
+
+    kwargs, wan_cfg = architecture(cfg.model.pretrained) if cfg.model.pretrained else (
+        dit_kwargs_of_config(cfg, text_dim), None)
+    if kwargs["text_dim"] != text_dim:
+        raise ValueError(f"config key 'model.pretrained': its DiT reads text features of width {kwargs['text_dim']}, "
+                         f"but the text encoder (text.path '{cfg.text.path}') gives {text_dim}")
+    return new_dit(kwargs, wan_cfg, checkpointing=cfg.model.checkpointing, backend=cfg.model.backend,
+                   device=str(device))
 
 
 class TextToVideo(nn.Module):

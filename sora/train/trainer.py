@@ -32,7 +32,7 @@ from sora.parallel.sequence import padded_packing, shard_layout, shard_rows
 from sora.parallel.ulysses import init_sequence_parallel_groups, pack_checksum, wrap_for_sequence_parallel
 from sora.shapes import ShapeRules
 from sora.train.artifacts import check_vae_matches, load_vae, save_weights
-from sora.train.checkpoint import gather_full_state
+from sora.train.checkpoint import gather_full_state, newest_tag
 from sora.train.ema import ShardedEMA
 from sora.train.engine import grad_norm
 from sora.train.faults import NonFiniteGuard, PreemptionFlag, injected_nan_steps
@@ -41,6 +41,18 @@ from sora.train.session import Checkpointed, TrainSession
 
 log = logging.getLogger("sora.train")
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
+
+def load_pretrained(dit, path: str) -> None:
+    """model.pretrained's weights into `dit` (built with its architecture), every tensor checked."""
+    from sora.models.dit_io import dit_weights
+
+    state = dit_weights(path)
+    with torch.no_grad():
+        missing, unexpected = dit.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"model.pretrained '{path}' does not fit the DiT: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    log.info("DiT weights from %s", path)
 
 
 def draw_noise(batch, gen: torch.Generator, cfg: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -163,6 +175,9 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
 
     torch.manual_seed(cfg.run.seed)  # identical init on every rank
     model = TextToVideo(cfg, device=device.type, text_dim=cached.dim if cached else None)
+    if cfg.model.pretrained and newest_tag(session.ckpt_dir) is None:   # a resume takes the checkpoint's weights
+        load_pretrained(model.dit, cfg.model.pretrained)
+    # (adapters such as LoRA go on here: after the starting weights, before the engine shards them)
     mpu = init_sequence_parallel_groups(dims.sp) if dims.sp > 1 else None
     engine, sched = session.build_engine(model, mpu)
     if mpu:
@@ -186,12 +201,11 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
                                                      lambda: loader.packs_taken, ema))
     loader.skip(packs_taken if start < cfg.train.steps else 0)   # a finished run only re-exports
 
-    text_dim = engine.module.dit.text_pool[0].normalized_shape[0]
-    shape = dataclasses.replace(DiTShape.from_config(cfg), text_dim=text_dim)
+    shape = dataclasses.replace(DiTShape.from_config(cfg), text_dim=model.dit.text_dim)
     peak, peak_source = peak_flops(str(device))
     if dims.is_main:
         log.info("DiT %s: depth %d width %d, %d ranks (dp %d x sp %d), MFU peak: %s %.3g FLOP/s",
-                 cfg.model.size, shape.depth, shape.width, dims.world, dims.dp, dims.sp, peak_source, peak)
+                 cfg.model.pretrained or cfg.model.size, shape.depth, shape.width, dims.world, dims.dp, dims.sp, peak_source, peak)
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     nan_steps = injected_nan_steps()
     engine.train()
