@@ -115,6 +115,11 @@ def test_train_from_wan_weights(wan_world, tmp_path):
     dit = load_dit(run)
     assert wan.is_wan(dit) and DiTShape.from_config(cfg).dit_params() == sum(p.numel() for p in dit.parameters())
     assert not torch.equal(dit.blocks[0].mlp[0].weight, load_dit(base / "wan").blocks[0].mlp[0].weight)
+    # `sora export` rebuilds the parameter shapes from the config alone (the Wan architecture, no encoder weights)
+    r = sora("export", "--run", str(run), "--ema", "--out", str(tmp_path / "ema.safetensors"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    exported = load_dit(tmp_path / "ema.safetensors")          # = final/ema.safetensors, which load_dit(run) reads
+    assert all(torch.equal(x, y) for x, y in zip(exported.state_dict().values(), dit.state_dict().values()))
 
     # sp = 2 over 2 ranks (ZeRO-3 shards over both): the same losses and gradient norms
     r = sora_ranks(2, *_args(base, tmp_path / "sp2", "parallel.sp=2", "parallel.check_packs=true"), cwd=tmp_path)
