@@ -100,8 +100,9 @@ class ModelConfig:
     qk_norm: bool = True
     checkpointing: bool = False
     backend: str = "auto"              # kernel backend: torch | triton | cuda | cpp | flash_attn | auto
-    # a local diffusers WanTransformer3DModel directory: the DiT's architecture and starting weights
-    # (size/depth/width/heads/patch/mlp_ratio/qk_norm/rope_theta are then its config.json's)
+    # Start from these weights: a local diffusers WanTransformer3DModel directory or one of our runs
+    # (never downloaded). Its architecture is the DiT's: size, mlp_ratio, qk_norm and rope_theta are
+    # ignored; depth / width / heads (when set), patch and vae.latent_channels must agree with it.
     pretrained: str = ""
 
 
@@ -361,11 +362,11 @@ def validate(cfg: Config) -> None:
     _require(d.fps >= 0, "data.fps", f"must be >= 0, got {d.fps}")
     _require(len(m.patch) == 3 and all(int(p) >= 1 for p in m.patch), "model.patch", f"needs three positive ints, got {m.patch}")
     m.patch = tuple(int(p) for p in m.patch)
-    _require(m.size in DIT_SIZES, "model.size", f"unknown size '{m.size}'; known: {', '.join(DIT_SIZES)}")
     if m.pretrained:
-        heads = _pretrained_heads(m)
-    else:
-        depth, width, heads = resolved_dims(m)
+        _check_pretrained(cfg)
+    _require(m.size in DIT_SIZES, "model.size", f"unknown size '{m.size}'; known: {', '.join(DIT_SIZES)}")
+    depth, width, heads = resolved_dims(m)         # model.pretrained's when set (checked above)
+    if not m.pretrained:
         _require(width % heads == 0, "model.heads", f"{heads} heads do not divide width {width}")
         head_dim = width // heads
         _require(head_dim % 2 == 0 and head_dim >= 6, "model.heads", f"head dim {head_dim} must be even and >= 6 for 3-D RoPE")
@@ -454,24 +455,38 @@ def untrained_first_frame_mode(cfg: Config, mode: str) -> str | None:
     return None
 
 
-def _pretrained_heads(m: ModelConfig) -> int:
-    """Attention heads of the diffusers transformer in model.pretrained (its config.json; the weights
-    load when the model is built), after checking that model.patch is its patch."""
-    import json
+def _check_pretrained(cfg: Config) -> None:
+    """model.pretrained decides the DiT's architecture: what else the config says of it must agree."""
+    from sora.models.dit_io import architecture
 
-    path = Path(m.pretrained) / "config.json"
-    _require(path.is_file(), "model.pretrained", f"'{m.pretrained}' is not a local directory with a config.json "
-             "(nothing is downloaded)")
-    raw = json.loads(path.read_text())
-    patch = tuple(raw.get("patch_size", (1, 2, 2)))
-    _require(patch == tuple(m.patch), "model.patch", f"is {list(m.patch)} but '{m.pretrained}' has patch_size "
-             f"{list(patch)}")
-    return int(raw.get("num_attention_heads", 40))
+    m = cfg.model
+    try:
+        arch = architecture(m.pretrained)[0]
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"config key 'model.pretrained': {e}") from None
+    _require(cfg.text.encoder != "hash", "text.encoder", "model.pretrained loads a DiT alone, so the hash encoder "
+             "(trained with the DiT) would start from random weights: use the model's frozen encoder (text.encoder=t5 "
+             "text.path=DIR)")
+    for key in ("depth", "width", "heads"):
+        mine = getattr(m, key)
+        _require(mine in (0, arch[key]), f"model.{key}", f"{mine} contradicts model.pretrained '{m.pretrained}', whose "
+                 f"DiT has {key} {arch[key]} (leave model.{key} unset)")
+    _require(tuple(m.patch) == tuple(arch["patch"]), "model.patch", f"{list(m.patch)} contradicts model.pretrained "
+             f"'{m.pretrained}', whose patch is {list(arch['patch'])} (set model.patch={list(arch['patch'])})")
+    c_in, c_out = arch["channels"], arch["arch"].out_channels or arch["channels"]
+    _require(c_in == c_out, "model.pretrained", f"'{m.pretrained}' reads {c_in} latent channels and writes {c_out}: "
+             "training predicts the velocity of its input, so both must be equal")
+    _require(cfg.vae.latent_channels == c_in, "vae.latent_channels", f"{cfg.vae.latent_channels} latent channels, but "
+             f"model.pretrained '{m.pretrained}' reads {c_in}: use its VAE (vae.latent_channels={c_in})")
 
 
 def resolved_dims(m: ModelConfig) -> tuple[int, int, int]:
-    """(depth, width, heads) from the size registry, each overridable."""
+    """(depth, width, heads): model.pretrained's, else from the size registry, each overridable."""
     from sora.models.dit import DIT_SIZES
 
+    if m.pretrained:
+        from sora.models.dit_io import architecture
+        arch = architecture(m.pretrained)[0]
+        return arch["depth"], arch["width"], arch["heads"]
     base = DIT_SIZES[m.size]
     return (m.depth or base["depth"], m.width or base["width"], m.heads or base["heads"])

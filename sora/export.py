@@ -31,9 +31,15 @@ CONFIG_KEY = "sora_config"
 
 
 def _param_shapes(cfg: Config) -> list[tuple[str, torch.Size]]:
-    """(name, shape) of what the run trains, in the order its checkpoints list them."""
+    """(name, shape) of what the run trains, in the order its checkpoints list them, built on the meta
+    device from configs alone (a frozen encoder's config.json gives the DiT's text width; no weights
+    are read)."""
+    text_dim = None
+    if cfg.text.encoder != "hash":
+        from sora.models.pretrained import text_model_info
+        text_dim = text_model_info(cfg.text.path)[1] or None   # unknown width: build the encoder
     with torch.device("meta"):
-        model = initial_model(cfg)
+        model = initial_model(cfg, load_pretrained=False, text_dim=text_dim)
     return [(n, p.shape) for n, p in trained_parameters(model)]
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from sora.config import Config, ConfigError, untrained_first_frame_mode, uses_bf16
 from sora.data.packing import pack, PackItem
 from sora.diffusion.samplers import sample
-from sora.models.t2v import TextToVideo
+from sora.models.t2v import TextToVideo, initial_model
 from sora.ops.patchify import unpatchify
 from sora.shapes import ShapeRules, patch_grid
 from sora.train.artifacts import final_weights, load_vae
@@ -73,7 +73,8 @@ class VideoGenerator:
             cfg = wan_pipeline_config(run_dir, vae)
         else:
             cfg, state = final_weights(run_dir, ema)   # a LoRA run's adapter merged into its base
-        model = TextToVideo(cfg, device=str(device))     # model.pretrained: built with its weights
+        # A Wan pipeline directory is a run that has not trained: its model is the starting one.
+        model = initial_model(cfg, str(device)) if state is None else TextToVideo(cfg, device=str(device))
         if state is not None:
             model.load_state_dict(state)
             vae = load_decoder(cfg.vae.pretrained, cfg.vae.run, device)

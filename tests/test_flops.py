@@ -67,6 +67,27 @@ def test_dit_flops_exact(checkpointing):
         assert est.recompute > 0 and est.model == est.executed - est.recompute - est.attention_recompute
 
 
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_wan_arch_params_and_flops_exact(qk_norm):
+    """The Wan switches (explicit FFN width, text MLP, across-heads q/k norm, no pooled text / frame /
+    given embedding, other output channels, no cross norm) in the count and the FLOPs."""
+    from sora.models.dit import DiTArch
+
+    torch.manual_seed(0)
+    arch = DiTArch(out_channels=6, ffn_dim=72, qk_norm_across_heads=True, rope_sections=(6, 4, 6), text_mlp=True,
+                   pooled_text=False, frame_embed=False, final_silu=False, cross_norm=qk_norm, t_freq_dim=32,
+                   given="clean_time")
+    m = _dit(qk_norm=qk_norm, arch=arch).train()
+    shape = F.DiTShape(DEPTH, W, HEADS, IN, TEXT, qk_norm=qk_norm, arch=arch, out_dim=6 * 4)
+    assert shape.dit_params() == sum(p.numel() for p in m.parameters())
+    seqlens, ctx_lens = [1, 17, 40, 6], [3, 1, 5, 2]
+    with F.flop_counter() as fc:
+        m(*_packed(m, seqlens, ctx_lens)).square().mean().backward()
+    est = F.step_flops(shape, seqlens, ctx_lens, attention=F.attention_path(m.kernels.attention),
+                       ctx_requires_grad=False)
+    assert est.executed == fc.get_total_flops()
+
+
 def test_t2v_flops_exact_with_trainable_text_encoder():
     torch.manual_seed(0)
     cfg = load_config(None, ["model.depth=2", "model.width=64", "model.heads=4", "text.dim=32", "text.heads=4",

@@ -197,7 +197,7 @@ class DiT(nn.Module):
         self.channels, self.patch, self.arch = channels, tuple(patch), arch
         self.out_channels = arch.out_channels or channels
         self.in_dim = channels * self.patch[0] * self.patch[1] * self.patch[2]   # values per patch
-        self.width = width
+        self.width, self.text_dim = width, text_dim
         self.checkpointing = checkpointing
         self.kernels = select_kernels(configured=backend, device=device)         # chosen once, stored
         self.patch_embed = nn.Linear(self.in_dim, width)       # its weights; the op fuses it with patchify

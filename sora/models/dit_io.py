@@ -42,49 +42,84 @@ def _diffusers_weights(path: Path) -> list[Path]:
     raise FileNotFoundError(f"'{path}' has neither {WEIGHTS} nor {INDEX}")
 
 
-def _build(kwargs: dict, state: dict, device, backend) -> DiT:
-    with torch.device("meta"):
-        model = DiT(**kwargs, backend=backend, device=str(device))
-    model.load_state_dict(state, assign=True)      # the loaded tensors become the parameters
-    return model.to(device).eval()
-
-
-def _load_run(path: Path, dtype, device, backend) -> DiT:
-    """A run directory (its final EMA weights) or a `sora export` file."""
-    from sora.models.t2v import dit_of_config
-
+def _run_config(path: Path):
     if path.is_file():
         from sora.export import config_of_export
-        cfg, weights = config_of_export(path), _read_safetensors([path], dtype)
+        return config_of_export(path)
+    from sora.train.artifacts import run_config
+    return run_config(path)
+
+
+def _kind(p: Path) -> str:
+    if p.is_dir() and (p / "config.json").is_file():
+        return "diffusers"
+    if (p.is_dir() and (p / "config.yaml").is_file()) or (p.is_file() and p.suffix == ".safetensors"):
+        return "run"
+    raise FileNotFoundError(f"'{p}' is not a local diffusers model directory (config.json), a run "
+                            "directory (config.yaml) or an exported .safetensors file; nothing is downloaded")
+
+
+def architecture(path) -> tuple[dict, dict | None]:
+    """(DiT keyword arguments, the diffusers Wan config or None) of a model `load_dit` reads; reads
+    configs and safetensors headers only, no weights. A run's DiT is the one its config describes
+    (through its own model.pretrained, if it started from one)."""
+    p = Path(path)
+    if _kind(p) == "diffusers":
+        cfg = wan.wan_config(json.loads((p / "config.json").read_text()), str(p / "config.json"))
+        return wan.wan_dit_kwargs(cfg), cfg
+    from sora.models.t2v import dit_kwargs_of_config
+
+    cfg = _run_config(p)
+    if cfg.model.pretrained:
+        return architecture(cfg.model.pretrained)
+    return dit_kwargs_of_config(cfg, _run_text_dim(cfg)), None
+
+
+def _run_text_dim(cfg) -> int:
+    """The caption feature width of a run's DiT: its trained hash encoder's, else its frozen encoder's
+    (config.json alone)."""
+    if cfg.text.encoder == "hash":
+        return cfg.text.dim
+    from sora.models.pretrained import text_model_info
+
+    return text_model_info(cfg.text.path)[1]
+
+
+def new_dit(kwargs: dict, wan_cfg: dict | None, **runtime) -> DiT:
+    """A DiT of this architecture (randomly initialised; on the meta device under `torch.device("meta")`).
+    runtime: checkpointing, backend, device."""
+    model = DiT(**kwargs, **runtime)
+    if wan_cfg is not None:
+        model.wan_config = wan_cfg       # for save_dit (wan.config_of)
+    return model
+
+
+def dit_weights(path, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The weights of a model `load_dit` reads, under our DiT's parameter names."""
+    p = Path(path)
+    if _kind(p) == "diffusers":
+        cfg = architecture(p)[1]
+        return wan.from_diffusers(_read_safetensors(_diffusers_weights(p), dtype), cfg)
+    if p.is_file():
+        weights = _read_safetensors([p], dtype)
     else:
         from sora.train.artifacts import final_weights
-        cfg, weights = final_weights(path, ema=True)    # a LoRA run's adapter merged into its base
-    state = {k[len("dit."):]: v.to(dtype) for k, v in weights.items() if k.startswith("dit.")}
-    text_dim = state["blocks.0.cross.kv.weight"].shape[1]
-    with torch.device("meta"):
-        model = dit_of_config(cfg, text_dim, str(device))
-    model.load_state_dict(state, assign=True)
-    if backend is not None:
-        from sora.ops import select_kernels
-        model.kernels = select_kernels(backend, device=str(device))
-    return model.to(device).eval()
+
+        weights = final_weights(p, ema=True)[1]             # a LoRA run's adapter merged into its base
+    return {k[len("dit."):]: v.to(dtype) for k, v in weights.items() if k.startswith("dit.")}
 
 
 def load_dit(path, dtype: torch.dtype = torch.float32, device="cpu", backend: str | None = None) -> DiT:
     """A DiT from a local diffusers WanTransformer3DModel directory (config.json + safetensors,
     sharded with an index or not), from one of our run directories (config.yaml + final/), or from
-    a file `sora export` wrote. backend: the kernel backend (None: auto for `device`)."""
-    p = Path(path)
-    if p.is_dir() and (p / "config.json").is_file():
-        cfg = wan.wan_config(json.loads((p / "config.json").read_text()), str(p / "config.json"))
-        state = wan.from_diffusers(_read_safetensors(_diffusers_weights(p), dtype), cfg)
-        model = _build(wan.wan_dit_kwargs(cfg), state, device, backend)
-        model.wan_config = cfg           # for save_dit (wan.config_of)
-        return model
-    if (p.is_dir() and (p / "config.yaml").is_file()) or (p.is_file() and p.suffix == ".safetensors"):
-        return _load_run(p, dtype, device, backend)
-    raise FileNotFoundError(f"load_dit: '{path}' is not a local diffusers model directory (config.json), a run "
-                            "directory (config.yaml) or an exported .safetensors file; nothing is downloaded")
+    a file `sora export` wrote. backend: the kernel backend (None: auto for `device`). The model is
+    built on the meta device and takes the loaded tensors as its parameters."""
+    kwargs, wan_cfg = architecture(path)
+    state = dit_weights(path, dtype)
+    with torch.device("meta"):
+        model = new_dit(kwargs, wan_cfg, backend=backend, device=str(device))
+    model.load_state_dict(state, assign=True)      # the loaded tensors become the parameters
+    return model.to(device).eval()
 
 
 def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:

@@ -3,6 +3,8 @@ is captions (encoded here: the hash encoder, trained, or a frozen T5 / CLIP) or 
 (PackedText from latent shards, when built with `text_dim`: then no encoder exists here)."""
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 
@@ -10,28 +12,36 @@ from sora.data.packing import PackedText
 from sora.models.dit import DiT
 from sora.models.text import FrozenTextEncoder, HashTextEncoder, pad_context
 
+log = logging.getLogger("sora.models")
 
-def dit_of_config(cfg, text_dim: int, device: str = "cpu") -> DiT:
-    """The DiT a run's Config describes, for captions of `text_dim` features: a diffusers Wan
-    transformer with its weights (model.pretrained), else ours, freshly initialised."""
-    from sora.config import ConfigError, resolved_dims
 
+def dit_kwargs_of_config(cfg, text_dim: int) -> dict:
+    """The architecture (DiT keyword arguments) a run's Config describes, for captions of `text_dim`
+    features: model.pretrained's when set (its directory decides; config.validate checked that the
+    config agrees), else the config's own dims."""
     if cfg.model.pretrained:
-        from sora.models.dit_io import load_dit
-
-        dit = load_dit(cfg.model.pretrained, device=str(device), backend=cfg.model.backend)
-        wants = {"vae.latent_channels": (cfg.vae.latent_channels, dit.channels),
-                 "text.path": (text_dim, dit.text_dim)}
-        for key, (mine, theirs) in wants.items():
-            if mine != theirs:
-                raise ConfigError(f"config key '{key}' gives {mine} {'channels' if 'vae' in key else 'text features'}"
-                                  f", but model.pretrained '{cfg.model.pretrained}' takes {theirs}")
-        dit.checkpointing = cfg.model.checkpointing
-        return dit.train()
+        from sora.models.dit_io import architecture
+        return architecture(cfg.model.pretrained)[0]
+    from sora.config import resolved_dims
 
     depth, width, heads = resolved_dims(cfg.model)
-    return DiT(cfg.vae.latent_channels, tuple(cfg.model.patch), width, depth, heads, text_dim, cfg.model.mlp_ratio,
-               cfg.model.qk_norm, cfg.model.rope_theta, cfg.model.checkpointing, cfg.model.backend, str(device))
+    return dict(channels=cfg.vae.latent_channels, patch=tuple(cfg.model.patch), width=width, depth=depth, heads=heads,
+                text_dim=text_dim, mlp_ratio=cfg.model.mlp_ratio, qk_norm=cfg.model.qk_norm,
+                rope_theta=cfg.model.rope_theta)
+
+
+def dit_of_config(cfg, text_dim: int, device: str = "cpu") -> DiT:
+    """The DiT a run's Config describes, randomly initialised (model.pretrained's weights are loaded
+    by the trainer: `sora.models.dit_io.dit_weights`)."""
+    from sora.models.dit_io import architecture, new_dit
+
+    kwargs, wan_cfg = architecture(cfg.model.pretrained) if cfg.model.pretrained else (
+        dit_kwargs_of_config(cfg, text_dim), None)
+    if kwargs["text_dim"] != text_dim:
+        raise ValueError(f"config key 'model.pretrained': its DiT reads text features of width {kwargs['text_dim']}, "
+                         f"but the text encoder (text.path '{cfg.text.path}') gives {text_dim}")
+    return new_dit(kwargs, wan_cfg, checkpointing=cfg.model.checkpointing, backend=cfg.model.backend,
+                   device=str(device))
 
 
 class TextToVideo(nn.Module):
@@ -104,13 +114,27 @@ class TextToVideo(nn.Module):
         return self.dit(latents, layout, t, ctx.to(latents.dtype), cu_ctx, given)
 
 
-def initial_model(cfg, device: str = "cpu", **kwargs) -> TextToVideo:
+def initial_model(cfg, device: str = "cpu", load_pretrained: bool = True, **kwargs) -> TextToVideo:
     """The model a run starts from, the same in every process that rebuilds it (every rank, a
     resume, `sora export` of a LoRA run, whose checkpoints hold only the adapters): the seed's
-    init, with LoRA adapters injected and everything else frozen when lora.rank > 0. kwargs:
-    TextToVideo's (text_dim for cached features, frozen_text)."""
+    init, then model.pretrained's weights (unless `load_pretrained` is False: a resume whose
+    checkpoint holds every weight), then LoRA adapters injected and everything else frozen when
+    lora.rank > 0. kwargs: TextToVideo's (text_dim for cached features, frozen_text)."""
     torch.manual_seed(cfg.run.seed)
     model = TextToVideo(cfg, device=device, **kwargs)
+    if cfg.model.pretrained and load_pretrained:
+        _load_pretrained(model.dit, cfg.model.pretrained)
     if cfg.lora.rank:
         model.add_lora(cfg.lora)
     return model
+
+
+def _load_pretrained(dit: DiT, path: str) -> None:
+    """model.pretrained's weights into `dit` (built with its architecture), every tensor checked."""
+    from sora.models.dit_io import dit_weights
+
+    with torch.no_grad():
+        missing, unexpected = dit.load_state_dict(dit_weights(path), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"model.pretrained '{path}' does not fit the DiT: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    log.info("DiT weights from %s", path)

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-FREQ_DIM = 256        # TimestepEmbedder sinusoid width
-FRAME_DIM = 64        # absolute frame-index features
+from sora.models.dit import FRAME_DIM, DiTArch   # the architecture switches (Wan's or ours)
 
 
 # ---------------------------------------------------------------- the model's shape
@@ -45,10 +44,21 @@ class DiTShape:
     qk_norm: bool = True
     text_layers: int = 0         # layers of a text encoder trained with the DiT (hash encoder); 0 = frozen
     text_mlp_ratio: float = 4.0
+    arch: DiTArch = DiTArch()    # Wan's switches: explicit FFN width, text MLP, no pooled text / frame embedding
+    out_dim: int = 0             # values per output token (0: in_dim)
 
     @property
     def hidden(self) -> int:
-        return int(self.width * self.mlp_ratio)
+        return self.arch.ffn_dim or int(self.width * self.mlp_ratio)
+
+    @property
+    def out(self) -> int:
+        return self.out_dim or self.in_dim
+
+    @property
+    def ctx_dim(self) -> int:
+        """Width of the rows cross-attention reads: the text MLP's output, else the features."""
+        return self.width if self.arch.text_mlp else self.text_dim
 
     @property
     def head_dim(self) -> int:
@@ -56,14 +66,15 @@ class DiTShape:
 
     @classmethod
     def from_config(cls, cfg) -> "DiTShape":
-        from sora.config import resolved_dims
+        from sora.models.t2v import dit_kwargs_of_config   # the DiT the trainer builds (model.pretrained's, if set)
 
-        depth, width, heads = resolved_dims(cfg.model)
-        pt, ph, pw = cfg.model.patch
         trainable_text = cfg.text.encoder == "hash"
         text_dim = cfg.text.dim if trainable_text else T5_DIMS.get(cfg.text.path.rstrip("/").split("/")[-1], 4096)
-        return cls(depth, width, heads, cfg.vae.latent_channels * pt * ph * pw, text_dim, cfg.model.mlp_ratio,
-                   cfg.model.qk_norm, cfg.text.layers if trainable_text else 0)
+        kw = dit_kwargs_of_config(cfg, text_dim)
+        arch, p = kw.get("arch", DiTArch()), math.prod(kw["patch"])
+        return cls(kw["depth"], kw["width"], kw["heads"], kw["channels"] * p, kw["text_dim"], kw.get("mlp_ratio", 4.0),
+                   kw["qk_norm"], cfg.text.layers if trainable_text else 0, arch=arch,
+                   out_dim=(arch.out_channels or kw["channels"]) * p)
 
     @classmethod
     def from_size(cls, size: str, latent_channels: int = 16, patch=(1, 2, 2), text_dim: int = 4096) -> "DiTShape":
@@ -74,19 +85,21 @@ class DiTShape:
 
     def dit_params(self) -> int:
         """Exact parameter count of `sora.models.dit.DiT` (weights + biases + norms + tables)."""
-        w, h, dh, dt = self.width, self.hidden, self.head_dim, self.text_dim
+        w, h, dh, dt, a = self.width, self.hidden, self.head_dim, self.text_dim, self.arch
         lin = lambda i, o: i * o + o  # noqa: E731
-        qk = 2 * dh if self.qk_norm else 0
+        qk = 2 * (w if a.qk_norm_across_heads else dh) if self.qk_norm else 0
         block = (lin(w, 3 * w) + lin(w, w) + qk                    # self-attention
-                 + 2 * w                                           # cross_norm (affine LayerNorm)
-                 + lin(w, w) + lin(dt, 2 * w) + lin(w, w) + qk     # cross-attention
+                 + (2 * w if a.cross_norm else 0)                  # cross_norm (affine LayerNorm)
+                 + lin(w, w) + lin(self.ctx_dim, 2 * w) + lin(w, w) + qk   # cross-attention
                  + lin(w, h) + lin(h, w)                           # MLP
                  + 6 * w)                                          # adaLN table
-        outer = (lin(self.in_dim, w) + lin(FRAME_DIM, w) + lin(FREQ_DIM, w) + lin(w, w)  # embeds, t-MLP
-                 + w                                               # given-token embedding
-                 + 2 * dt + lin(dt, w)                             # text pool
+        outer = (lin(self.in_dim, w) + lin(a.t_freq_dim, w) + lin(w, w)   # patch embedding, t-MLP
+                 + (lin(FRAME_DIM, w) if a.frame_embed else 0)
+                 + (w if a.given == "embed" else 0)                # given-token embedding
+                 + (2 * dt + lin(dt, w) if a.pooled_text else 0)   # text pool
+                 + (lin(dt, w) + lin(w, w) if a.text_mlp else 0)   # text MLP
                  + lin(w, 6 * w)                                   # adaLN-single
-                 + 2 * w + lin(w, self.in_dim))                    # final layer
+                 + 2 * w + lin(w, self.out))                       # final layer
         return self.depth * block + outer
 
     def block_params(self) -> int:
@@ -119,20 +132,26 @@ class StepFlops:
 
 def _matmuls(s: DiTShape, n: int, m: int, b: int, ctx_grad: bool, text_tokens: int) -> tuple[list, list]:
     """(outside-block, per-block) matmuls as (rows, in, out, input_needs_grad)."""
-    w, h = s.width, s.hidden
+    w, h, a = s.width, s.hidden, s.arch
     outside = [
-        (b, FREQ_DIM, w, False), (b, w, w, True),                  # timestep MLP (sinusoids need no grad)
-        (b, s.text_dim, w, True),                                  # text pool (after an affine LayerNorm)
+        (b, a.t_freq_dim, w, False), (b, w, w, True),              # timestep MLP (sinusoids need no grad)
         (b, w, 6 * w, True),                                       # adaLN-single
-        (n, s.in_dim, w, False), (n, FRAME_DIM, w, False),         # patch + frame embeddings read data
-        (n, w, s.in_dim, True),                                    # final linear
+        (n, s.in_dim, w, False),                                   # patch embedding reads data
+        (n, w, s.out, True),                                       # final linear
     ]
+    if a.pooled_text:
+        outside.append((b, s.text_dim, w, True))                   # text pool (after an affine LayerNorm)
+    if a.frame_embed:
+        outside.append((n, FRAME_DIM, w, False))                   # frame embedding reads data
+    if a.text_mlp:                                                 # caption rows -> width, once
+        outside += [(m, s.text_dim, w, ctx_grad), (m, w, w, True)]
+        ctx_grad = True                                            # cross-attention reads the MLP's output
     dt, th = s.text_dim, int(s.text_dim * s.text_mlp_ratio)
     for _ in range(s.text_layers):                                 # text encoder trained with the DiT
         outside += [(text_tokens, dt, 3 * dt, True), (text_tokens, dt, dt, True),
                     (text_tokens, dt, th, True), (text_tokens, th, dt, True)]
     block = [(n, w, 3 * w, True), (n, w, w, True),                 # qkv, self proj
-             (n, w, w, True), (m, s.text_dim, 2 * w, ctx_grad), (n, w, w, True),  # cross q, kv, proj
+             (n, w, w, True), (m, s.ctx_dim, 2 * w, ctx_grad), (n, w, w, True),   # cross q, kv, proj
              (n, w, h, True), (n, h, w, True)]                     # MLP
     return outside, block
 

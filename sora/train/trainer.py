@@ -34,7 +34,7 @@ from sora.parallel.sequence import padded_packing, shard_layout, shard_rows
 from sora.parallel.ulysses import init_sequence_parallel_groups, pack_checksum, wrap_for_sequence_parallel
 from sora.shapes import ShapeRules
 from sora.train.artifacts import check_vae_matches, load_vae, save_final
-from sora.train.checkpoint import gather_full_state
+from sora.train.checkpoint import gather_full_state, newest_tag
 from sora.train.ema import ShardedEMA
 from sora.train.engine import grad_norm
 from sora.train.faults import NonFiniteGuard, PreemptionFlag, injected_nan_steps
@@ -166,7 +166,11 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
     if cfg.train.validate_every:   # found now, not at the first validation
         validation_vae = decoding_vae(cfg, device, latent) if latent else vae
 
-    model = initial_model(cfg, device.type, text_dim=cached.dim if cached else None)   # identical on every rank
+    # Identical on every rank: the seed's init, model.pretrained's weights (not on a full fine-tune's
+    # resume: the checkpoint holds them all; a LoRA checkpoint holds only the adapters), then LoRA.
+    resuming = newest_tag(session.ckpt_dir) is not None
+    model = initial_model(cfg, device.type, load_pretrained=not (resuming and not cfg.lora.rank),
+                          text_dim=cached.dim if cached else None)
     mpu = init_sequence_parallel_groups(dims.sp) if dims.sp > 1 else None
     engine, sched = session.build_engine(model, mpu)
     if mpu:
@@ -208,15 +212,11 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
                                                      lambda: loader.packs_taken, ema))
     loader.skip(packs_taken if start < cfg.train.steps else 0)   # a finished run only re-exports
 
-    dit = engine.module.dit
-    shape = dataclasses.replace(DiTShape.from_config(cfg), text_dim=dit.text_dim)
-    if cfg.model.pretrained:           # a Wan transformer: its dims are its config.json's, not the size registry's
-        shape = dataclasses.replace(shape, depth=len(dit.blocks), width=dit.width, heads=dit.blocks[0].attn.heads,
-                                    mlp_ratio=dit.blocks[0].mlp[0].out_features / dit.width)
+    shape = dataclasses.replace(DiTShape.from_config(cfg), text_dim=model.dit.text_dim)
     peak, peak_source = peak_flops(str(device))
     if dims.is_main:
         log.info("DiT %s: depth %d width %d, %d ranks (dp %d x sp %d), MFU peak: %s %.3g FLOP/s",
-                 cfg.model.size, shape.depth, shape.width, dims.world, dims.dp, dims.sp, peak_source, peak)
+                 cfg.model.pretrained or cfg.model.size, shape.depth, shape.width, dims.world, dims.dp, dims.sp, peak_source, peak)
     guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     nan_steps = injected_nan_steps()
     engine.train()
