@@ -27,10 +27,12 @@ def test_wan_configs_load(name, wan, tmp_path):
     from sora.models.wan_pipeline import WAN_SAMPLE
 
     path = f"configs/{name}.yaml"
-    with pytest.raises(ConfigError, match="model.pretrained.*not a local directory"):
+    with pytest.raises(ConfigError, match="model.pretrained.*not a local"):
         load_config(path)                                    # weights/... is not here: refused by name
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel", "patch_size": [1, 2, 2],
-                                                      "num_attention_heads": 12}))
+                                                      "num_attention_heads": 12, "attention_head_dim": 128,
+                                                      "in_channels": wan["ch"], "out_channels": wan["ch"],
+                                                      "text_dim": 4096, "ffn_dim": 8960, "num_layers": 30}))
     cfg = load_config(path, [f"model.pretrained={tmp_path}"])
     assert (cfg.vae.ft, cfg.vae.fh, cfg.vae.latent_channels) == (4, wan["fh"], wan["ch"])
     assert (cfg.text.encoder, cfg.text.max_tokens, cfg.text.context_rows, cfg.text.source) == ("t5", 512, 512, "cached")

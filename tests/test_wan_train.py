@@ -24,7 +24,7 @@ from sora.train.artifacts import build_vae, run_config, save_weights  # noqa: E4
 from sora.train.flops import DiTShape  # noqa: E402
 from sora.train.trainer import draw_noise  # noqa: E402
 from tests.cli_runs import ROOT, metrics, sora, sora_ranks  # noqa: E402
-from tests.test_text_cache import DIM, _umt5_dir  # noqa: E402
+from tests.tiny_wan import TEXT_DIM as DIM, umt5  # noqa: E402
 
 WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=4,
            text_dim=DIM, freq_dim=32, ffn_dim=40, num_layers=2, cross_attn_norm=True,
@@ -43,7 +43,7 @@ def wan_world(tmp_path_factory):
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     ref.save_pretrained(base / "wan")
-    _umt5_dir(base / "umt5")
+    umt5(base / "umt5")
     synthesize(base / "raw", clips=8, heldout_clips=0, seed=4, shard_size=4)
     vcfg = load_config(f"{ROOT}/configs/demo-vae.yaml", [f"run.dir={base / 'vae'}", "vae.channels=8"])
     save_config(vcfg, base / "vae" / "config.yaml")

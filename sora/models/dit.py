@@ -221,11 +221,6 @@ class DiT(nn.Module):
         nn.init.zeros_(self.ada_single[1].weight)   # gates start at zero: blocks start as identity
         nn.init.zeros_(self.ada_single[1].bias)
 
-    @property
-    def text_dim(self) -> int:
-        """Width of the text features this DiT takes."""
-        return self.text_mlp[0].in_features if self.arch.text_mlp else self.blocks[0].cross.kv.in_features
-
     def forward(self, latents, layout: PackedLayout, t, ctx, cu_seqlens_ctx, given=None):
         """latents [N*P] noisy packed latents -> velocity [N*P_out], the same layout (P_out: out_channels).
 
