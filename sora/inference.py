@@ -13,7 +13,7 @@ from sora.diffusion.samplers import sample
 from sora.models.t2v import TextToVideo, initial_model
 from sora.ops.patchify import unpatchify
 from sora.shapes import ShapeRules, patch_grid
-from sora.train.artifacts import final_weights, load_vae
+from sora.train.artifacts import check_vae_factors, final_weights, load_vae
 
 
 def default_device() -> str:
@@ -41,13 +41,6 @@ def load_decoder(pretrained: str, run: str, device):
 
         return DiffusersVAE(pretrained).to(device)
     return load_vae(run, device)[0]
-
-
-def check_decoder(cfg: Config, vae) -> None:
-    for key in ("ft", "fh", "latent_channels"):
-        if getattr(vae, key) != getattr(cfg.vae, key):
-            raise ConfigError(f"config key 'vae.{key}' is {getattr(cfg.vae, key)} but the VAE that decodes "
-                              f"('{cfg.vae.pretrained or cfg.vae.run}') has {getattr(vae, key)}")
 
 
 class VideoGenerator:
@@ -78,7 +71,7 @@ class VideoGenerator:
         if state is not None:
             model.load_state_dict(state)
             vae = load_decoder(cfg.vae.pretrained, cfg.vae.run, device)
-        check_decoder(cfg, vae)
+        check_vae_factors(cfg, vae, cfg.vae.pretrained or cfg.vae.run)
         dtype = torch.bfloat16 if uses_bf16(cfg.train.precision, torch.device(device).type) else torch.float32
         return cls(cfg, model.to(device, dtype), vae, device)
 

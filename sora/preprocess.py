@@ -42,13 +42,13 @@ def load_encoders(cfg: Config, device):
     """(vae, text) where vae.encode(x) gives the DiT's latent and text(captions) gives one array per caption."""
     if cfg.vae.pretrained:
         from sora.models.pretrained import DiffusersVAE
-        from sora.train.artifacts import check_pretrained_vae_matches
+        from sora.train.artifacts import check_vae_factors
 
         vae = DiffusersVAE(cfg.vae.pretrained).to(device)
         if cfg.vae.tile:
             vae.set_tiling(cfg.vae.tile, cfg.vae.tile_overlap)
         source = {"pretrained": os.path.abspath(cfg.vae.pretrained), "family": vae.family}
-        check_pretrained_vae_matches(cfg, vae, cfg.vae.pretrained)
+        check_vae_factors(cfg, vae, cfg.vae.pretrained)
         encode = vae.encode
     else:
         from sora.train.artifacts import check_vae_matches, load_vae

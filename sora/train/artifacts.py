@@ -101,9 +101,9 @@ def check_vae_matches(cfg: Config, vae_cfg: Config) -> None:
             raise ConfigError(f"config key 'vae.{key}' is {mine} but the VAE run '{cfg.vae.run}' was trained with {theirs}")
 
 
-def check_pretrained_vae_matches(cfg: Config, vae, path: str) -> None:
-    """A diffusers VAE (sora.models.pretrained.DiffusersVAE) against the config's factors."""
+def check_vae_factors(cfg: Config, vae, path: str) -> None:
+    """A loaded VAE (ours, or a diffusers one: sora.models.pretrained.DiffusersVAE) against the config's factors."""
     for key in ("ft", "fh", "latent_channels"):
         if getattr(vae, key) != getattr(cfg.vae, key):
-            raise ConfigError(f"config key 'vae.{key}' is {getattr(cfg.vae, key)} but the pretrained VAE "
+            raise ConfigError(f"config key 'vae.{key}' is {getattr(cfg.vae, key)} but the VAE "
                               f"'{path}' has {getattr(vae, key)}")

@@ -42,7 +42,7 @@ def decoding_vae(cfg: Config, device, latent_shards: bool):
     own): the one that made the shards (their manifest), else vae.pretrained, else vae.run. Raises
     ConfigError at start-up, naming what was looked for, when there is none."""
     from sora.data.latent_shards import read_manifest
-    from sora.train.artifacts import check_pretrained_vae_matches, check_vae_matches, load_vae
+    from sora.train.artifacts import check_vae_factors, check_vae_matches, load_vae
 
     made_by = read_manifest(cfg.data.path).get("vae", {}) if latent_shards else {}
     pretrained = made_by.get("pretrained") or cfg.vae.pretrained
@@ -50,7 +50,7 @@ def decoding_vae(cfg: Config, device, latent_shards: bool):
         from sora.models.pretrained import DiffusersVAE
 
         vae = DiffusersVAE(pretrained).to(device)
-        check_pretrained_vae_matches(cfg, vae, pretrained)
+        check_vae_factors(cfg, vae, pretrained)
         return vae
     run = made_by.get("run") or cfg.vae.run
     if run and (Path(run) / "vae.safetensors").is_file():
