@@ -91,7 +91,7 @@ def test_latent_shards_made_by_a_diffusers_vae_decode_with_it(tmp_path):
     cfg = load_config(f"{ROOT}/configs/demo.yaml", overrides + ["vae.ft=4"])
     assert isinstance(decoding_vae(cfg, torch.device("cpu"), latent_shards=True), DiffusersVAE)
     cfg = load_config(f"{ROOT}/configs/demo.yaml", overrides)                        # vae.ft=2
-    with pytest.raises(ConfigError, match="vae.ft.*is 2 but the pretrained VAE"):
+    with pytest.raises(ConfigError, match="vae.ft.*is 2 but the VAE"):
         decoding_vae(cfg, torch.device("cpu"), latent_shards=True)
 
 
