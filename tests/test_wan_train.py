@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import WanTransformer3DModel  # noqa: E402
@@ -177,3 +178,52 @@ def test_configs_contradicting_the_pretrained_model_are_refused(wan_world, tmp_p
     from sora.models.t2v import TextToVideo
     with pytest.raises(ValueError, match=f"text features of width {DIM + 1}.*gives {DIM}"):
         TextToVideo(load_config(f"{ROOT}/configs/demo.yaml", ok[:-1] + [f"model.pretrained={wide}"]), text_dim=DIM)
+
+
+@pytest.mark.slow
+def test_documented_lora_commands_from_a_wan_directory(wan_world, tmp_path):
+    """The README's path: `sora train ... model.pretrained=WAN_DIR lora.rank=R`, then `sora export
+    --format lora` (loaded by diffusers' WanPipeline.load_lora_weights onto the Wan directory) and
+    `--format diffusers` (WanTransformer3DModel.from_pretrained): both compute what the run's model
+    computes. A resume rebuilds the frozen base from WAN_DIR (the checkpoint holds only adapters)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    from tests.test_lora import _rel, _wan_outputs
+
+    base, _ = wan_world
+    run = tmp_path / "lora"
+    lora = ["lora.rank=3", "lora.alpha=6", "optim.lr=0.05"]
+    r = sora(*_args(base, run, *lora), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for fmt in ("lora", "diffusers"):
+        r = sora("export", "--run", str(run), "--ema", "--format", fmt, "--out", str(tmp_path / fmt), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    g = torch.Generator().manual_seed(5)
+    lat = [torch.randn(4, *s, generator=g) for s in ((1, 4, 6), (3, 6, 4), (2, 4, 4))]
+    sig = torch.rand(3, generator=g)
+    text = [torch.randn(n, DIM, generator=g) for n in (3, 12, 1)]
+    with torch.no_grad():
+        ours = load_dit(run).denoise(lat, sig, text)           # the run's EMA, adapter merged into WAN_DIR's base
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=WanTransformer3DModel.from_pretrained(
+        base / "wan"), vae=None, scheduler=FlowMatchEulerDiscreteScheduler())
+    before = _wan_outputs(pipe.transformer, lat, sig, text)
+    pipe.load_lora_weights(str(tmp_path / "lora"))
+    adapted = _wan_outputs(pipe.transformer, lat, sig, text)
+    assert _rel(adapted, before) > 1e-3                          # the trained adapter changes the model
+    assert _rel(ours, adapted) < 1e-4
+    merged = WanTransformer3DModel.from_pretrained(tmp_path / "diffusers").eval()
+    assert _rel(_wan_outputs(merged, lat, sig, text), adapted) < 1e-4
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step00000003")
+    shutil.rmtree(resumed / "final")
+    (resumed / "checkpoints" / "newest").write_text("step00000001")
+    r = sora(*_args(base, resumed, *lora), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first, again = metrics(run), metrics(resumed)
+    assert all(again[s][k] == first[s][k] for s in (2, 3) for k in ("loss", "grad_norm"))
+    for name in ("adapter.safetensors", "adapter_ema.safetensors"):
+        a, b = load_file(str(run / "final" / name)), load_file(str(resumed / "final" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
