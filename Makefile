@@ -4,6 +4,9 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.installed
 PYTEST  ?= -q -rs
+# Tests run single-threaded (tests/conftest.py), so `make test` spreads them over the cores with
+# pytest-xdist; the real-Slurm tests stay on one worker (xdist_group "slurm"). XDIST= runs serially.
+XDIST   ?= -n 2 --dist loadgroup
 # DeepSpeed's accelerator: cuda where an NVIDIA driver is (nvidia-smi on PATH), else cpu; a value the
 # caller sets is kept. Never empty: DeepSpeed rejects DS_ACCELERATOR="".
 ifeq ($(strip $(DS_ACCELERATOR)),)
@@ -45,10 +48,10 @@ slurm:
 	bash scripts/install_slurm.sh
 
 test: setup slurm
-	$(PY) -m pytest $(PYTEST) tests
+	$(PY) -m pytest $(XDIST) $(PYTEST) tests
 
 test-fast: setup
-	$(PY) -m pytest $(PYTEST) -m "not slow" tests
+	$(PY) -m pytest $(XDIST) $(PYTEST) -m "not slow" tests
 
 clean:
 	rm -rf runs data

@@ -90,7 +90,8 @@ setup(
         # pyarrow: the Parquet-manifest ingest test; triton 3.6+: the interpreter of 3.4/3.5 checks
         # descriptor strides in elements, not bytes
         # peft: LoRA (lora.rank > 0) and its tests
-        "test": ["pytest>=8", "transformers>=4.44", "diffusers>=0.35", "pyarrow>=14", "peft>=0.15",
+        # pytest-xdist: `make test` runs on both cores (tests are single-threaded: conftest)
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "transformers>=4.44", "diffusers>=0.35", "pyarrow>=14", "peft>=0.15",
                  "triton>=3.6; platform_system == 'Linux'"],
         "parquet": ["pyarrow>=14"],                       # sora ingest --captions FILE.parquet
         "flash": ["flash-attn>=2.6"],
