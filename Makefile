@@ -5,8 +5,9 @@ PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.installed
 PYTEST  ?= -q -rs
 # Tests run single-threaded (tests/conftest.py), so `make test` spreads them over the cores with
-# pytest-xdist; the real-Slurm tests stay on one worker (xdist_group "slurm"). XDIST= runs serially.
-XDIST   ?= -n 2 --dist loadgroup
+# pytest-xdist (XDIST= runs them serially), then runs the real-Slurm tests alone, one at a time:
+# their clusters and batch jobs (ports from the job id) must not meet other tests' ranks.
+XDIST   ?= -n 2
 # DeepSpeed's accelerator: cuda where an NVIDIA driver is (nvidia-smi on PATH), else cpu; a value the
 # caller sets is kept. Never empty: DeepSpeed rejects DS_ACCELERATOR="".
 ifeq ($(strip $(DS_ACCELERATOR)),)
@@ -48,7 +49,8 @@ slurm:
 	bash scripts/install_slurm.sh
 
 test: setup slurm
-	$(PY) -m pytest $(XDIST) $(PYTEST) tests
+	$(PY) -m pytest $(XDIST) $(PYTEST) -m "not slurm" tests
+	$(PY) -m pytest $(PYTEST) -m slurm tests
 
 test-fast: setup
 	$(PY) -m pytest $(XDIST) $(PYTEST) -m "not slow" tests

@@ -28,7 +28,7 @@ import pytest
 from launcher import cli
 from tests.slurm_cluster import cluster_for_tests, finished, job, steps, wait_for
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]   # one worker: one cluster at a time
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TESTS = Path(__file__).parent
 STEPS = 30
 

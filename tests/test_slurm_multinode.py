@@ -35,7 +35,7 @@ from sora.train.artifacts import build_vae, save_weights
 from tests.slurm_cluster import (REGISTRY, Layout, clean_leftovers, cluster_for_tests, finished, job, netns_pids,
                                  steps, wait_for)
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]   # one worker: one cluster at a time
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = str(ROOT / "configs" / "demo.yaml")
 TINY = ["vae.channels=8", "model.depth=2", "model.width=48", "model.heads=4", "data.tokens_per_batch=600",
