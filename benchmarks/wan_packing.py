@@ -193,7 +193,7 @@ def markdown(r: dict) -> str:
     lines = [f"# Wan packing benchmark (CPU)\n",
              f"{e['cpu_model']} ({e['device']}), {e['date']}, commit {e['commit']}, torch {e['torch']}, "
              f"diffusers {e['diffusers']}; load average before {e['loadavg_before']}, after {e['loadavg_after']} "
-             f"(a shared machine: other jobs ran).\n",
+             f"(the benchmark itself loads both cores; more means other jobs ran).\n",
              f"Model: random WanTransformer3DModel, {r['model']['num_layers']} layers, width "
              f"{r['model']['num_attention_heads'] * r['model']['attention_head_dim']}, ffn {r['model']['ffn_dim']}, "
              f"{r['model']['params'] / 1e6:.1f} M params; our kernels: {r['kernels']}.",
