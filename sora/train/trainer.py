@@ -184,12 +184,9 @@ def train_dit(cfg: Config, preempt: PreemptionFlag | None = None) -> Path:
         if frozen is None and cfg.text.encoder != "hash":
             frozen = FrozenTextEncoder(cfg.text.path, cfg.text.max_tokens)
 
-        def empty_model():        # the EMA's copy for sampling: no memory or RNG draws until filled
-            with torch.device("meta"):
-                copy = TextToVideo(cfg, device=device.type, frozen_text=frozen)
-                if cfg.lora.rank:
-                    copy.add_lora(cfg.lora)
-                return copy
+        def empty_model():        # the EMA's copy for sampling, the run's structure (LoRA too): no memory
+            with torch.device("meta"):   # until filled; its seeding is undone by the Validator's RNG restore
+                return initial_model(cfg, device.type, load_pretrained=False, frozen_text=frozen)
 
         untrained = [(n, p) for n, p in engine.module.named_parameters() if not p.requires_grad]   # LoRA's base
         validator = Validator(cfg, empty_model, validation_vae, device, dtype, session.run_dir, dims.rank, dims.world,

@@ -42,25 +42,23 @@ def decoding_vae(cfg: Config, device, latent_shards: bool):
     own): the one that made the shards (their manifest), else vae.pretrained, else vae.run. Raises
     ConfigError at start-up, naming what was looked for, when there is none."""
     from sora.data.latent_shards import read_manifest
-    from sora.train.artifacts import check_vae_factors, check_vae_matches, load_vae
+    from sora.inference import load_decoder
+    from sora.train.artifacts import check_vae_factors, check_vae_matches, run_config
 
     made_by = read_manifest(cfg.data.path).get("vae", {}) if latent_shards else {}
     pretrained = made_by.get("pretrained") or cfg.vae.pretrained
-    if pretrained and Path(pretrained).is_dir():
-        from sora.models.pretrained import DiffusersVAE
-
-        vae = DiffusersVAE(pretrained).to(device)
-        check_vae_factors(cfg, vae, pretrained)
-        return vae
     run = made_by.get("run") or cfg.vae.run
-    if run and (Path(run) / "vae.safetensors").is_file():
-        vae, vae_cfg = load_vae(run, device)
-        check_vae_matches(cfg, vae_cfg)
-        return vae
-    tried = [f"'{p}'" for p in (pretrained, run) if p]
-    raise ConfigError(f"config key 'train.validate_every': validation decodes its samples with a VAE, and none was "
-                      f"found (looked in {' and '.join(tried) or 'nothing: no vae.pretrained or vae.run'}); "
-                      "set vae.run or vae.pretrained, or train.validate_every=0")
+    found = pretrained if pretrained and Path(pretrained).is_dir() else ""
+    if not found and not (run and (Path(run) / "vae.safetensors").is_file()):
+        tried = [f"'{p}'" for p in (pretrained, run) if p]
+        raise ConfigError(f"config key 'train.validate_every': validation decodes its samples with a VAE, and none was "
+                          f"found (looked in {' and '.join(tried) or 'nothing: no vae.pretrained or vae.run'}); "
+                          "set vae.run or vae.pretrained, or train.validate_every=0")
+    if not found:
+        check_vae_matches(cfg, run_config(run))   # a stage-1 run: trained with the config's VAE settings
+    vae = load_decoder(found, run, device)       # what `sora sample` decodes with
+    check_vae_factors(cfg, vae, found or run)
+    return vae
 
 
 def _slug(prompt: str) -> str:
@@ -68,8 +66,8 @@ def _slug(prompt: str) -> str:
 
 
 class Validator:
-    """`empty_model()`: the trained model's architecture on the meta device (no memory, no RNG
-    draws), to receive the EMA weights; `vae`: decodes latents to pixels."""
+    """`empty_model()`: the trained model's architecture on the meta device (no memory; what it does
+    to the RNGs is undone with the rest), to receive the EMA weights; `vae`: decodes latents to pixels."""
 
     def __init__(self, cfg: Config, empty_model: Callable[[], torch.nn.Module], vae, device, dtype,
                  run_dir: Path, rank: int, world: int, untrained=()):
