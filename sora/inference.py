@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from sora.config import Config, ConfigError, untrained_first_frame_mode, uses_bf16
 from sora.data.packing import pack, PackItem
@@ -57,15 +56,11 @@ class VideoGenerator:
         from sora.models.wan_pipeline import is_wan_pipeline, wan_pipeline_config
 
         state = None
-        if Path(run_dir).is_file():
-            from sora.export import config_of_export
-
-            cfg, state = config_of_export(run_dir), load_file(str(run_dir))
-        elif is_wan_pipeline(run_dir):
+        if is_wan_pipeline(run_dir):
             vae = load_decoder(str(Path(run_dir) / "vae"), "", device)
             cfg = wan_pipeline_config(run_dir, vae)
         else:
-            cfg, state = final_weights(run_dir, ema)   # a LoRA run's adapter merged into its base
+            cfg, state = final_weights(run_dir, ema)   # an export file, or a run (a LoRA adapter merged)
         # A Wan pipeline directory is a run that has not trained: its model is the starting one.
         model = initial_model(cfg, str(device)) if state is None else TextToVideo(cfg, device=str(device))
         if state is not None:

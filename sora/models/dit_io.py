@@ -100,12 +100,9 @@ def dit_weights(path, dtype: torch.dtype = torch.float32) -> dict[str, torch.Ten
     if _kind(p) == "diffusers":
         cfg = architecture(p)[1]
         return wan.from_diffusers(_read_safetensors(_diffusers_weights(p), dtype), cfg)
-    if p.is_file():
-        weights = _read_safetensors([p], dtype)
-    else:
-        from sora.train.artifacts import final_weights
+    from sora.train.artifacts import final_weights
 
-        weights = final_weights(p, ema=True)[1]             # a LoRA run's adapter merged into its base
+    weights = final_weights(p, ema=True)[1]         # an export file, or a run (a LoRA adapter merged)
     return {k[len("dit."):]: v.to(dtype) for k, v in weights.items() if k.startswith("dit.")}
 
 

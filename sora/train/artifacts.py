@@ -58,7 +58,12 @@ def base_weights(cfg: Config) -> dict[str, torch.Tensor]:
 
 
 def final_weights(run_dir: str | Path, ema: bool) -> tuple[Config, dict[str, torch.Tensor]]:
-    """(config, full weights) of a finished run; a LoRA run's adapter is merged into its base."""
+    """(config, full weights) of a finished run directory (a LoRA run's adapter merged into its base),
+    or of a file `sora export` wrote (its config in the metadata)."""
+    if Path(run_dir).is_file():
+        from sora.export import config_of_export
+
+        return config_of_export(run_dir), load_file(str(run_dir))
     cfg, final = run_config(run_dir), Path(run_dir) / "final"
     name = "ema.safetensors" if ema else "model.safetensors"
     if cfg.lora.rank and not (final / name).is_file():
