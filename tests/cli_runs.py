@@ -81,3 +81,14 @@ def wait_for(condition, proc, timeout=300) -> None:
     deadline = time.time() + timeout
     while not condition() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+
+
+def random_vae_run(path: Path, *overrides) -> None:
+    """A stage-1 VAE run directory (config.yaml + vae.safetensors) of the demo's VAE, 8 channels wide,
+    with random weights (torch's current seed): for tests that need a VAE, not a trained one."""
+    from sora.config import load_config, save_config
+    from sora.train.artifacts import build_vae, save_weights
+
+    cfg = load_config(f"{ROOT}/configs/demo-vae.yaml", [f"run.dir={path}", "vae.channels=8", *overrides])
+    save_config(cfg, Path(path) / "config.yaml")
+    save_weights(build_vae(cfg).state_dict(), Path(path) / "vae.safetensors")

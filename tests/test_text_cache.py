@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from sora.config import ConfigError, load_config, save_config
+from sora.config import ConfigError, load_config
 from sora.data.latent_shards import (EMPTY_TEXT, cached_text, features_from_npy, features_to_npy, latent_stream,
                                      read_manifest)
 from sora.data.loader import PackedLoader
@@ -26,9 +26,8 @@ from sora.models.text import pad_context
 from sora.models.t2v import TextToVideo
 from sora.parallel.dims import ParallelDims
 from sora.preprocess import preprocess, preprocess_shard
-from sora.train.artifacts import build_vae, save_weights
 from sora.train.trainer import step_input
-from tests.cli_runs import TINY, metrics, sora
+from tests.cli_runs import TINY, metrics, random_vae_run, sora
 from tests.tiny_wan import TEXT_DIM, umt5
 
 tf = pytest.importorskip("transformers", reason="frozen text encoders need transformers")
@@ -42,10 +41,8 @@ def cache(tmp_path_factory):
     """Raw shards (2 of 4 clips), a random stage-1 VAE run, a tiny umT5, and float16 latent shards."""
     base = tmp_path_factory.mktemp("textcache")
     synthesize(base / "raw", clips=8, heldout_clips=0, seed=3, shard_size=4)
-    vcfg = load_config(f"{ROOT}/configs/demo-vae.yaml", [f"run.dir={base / 'vae'}", "vae.channels=8"])
     torch.manual_seed(0)
-    save_config(vcfg, base / "vae" / "config.yaml")
-    save_weights(build_vae(vcfg).state_dict(), base / "vae" / "vae.safetensors")
+    random_vae_run(base / "vae")
     tok, ref = umt5(base / "umt5")
     cfg = load_config(f"{ROOT}/configs/demo.yaml", [f"data.path={base / 'raw'}", f"vae.run={base / 'vae'}",
                                                      "vae.channels=8", "data.fps=0", "text.encoder=t5",

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sora.config import ConfigError, load_config, save_config
-from sora.train.artifacts import build_vae, save_weights
+from sora.config import ConfigError, load_config
+from sora.train.artifacts import build_vae
 from sora.train.validation import decoding_vae
-from tests.cli_runs import ROOT, dit_args, metrics, sora, sora_ranks
+from tests.cli_runs import ROOT, dit_args, metrics, random_vae_run, sora, sora_ranks
 
 PROMPTS = "train.validate_prompts=[a red circle moving left, a blue square]"
 VALIDATE = ["train.validate_steps=2", "train.validate_sizes=[[5, 32, 32], [1, 32, 48]]", PROMPTS]
@@ -43,16 +43,10 @@ def test_validation_without_prompts_or_sizes_is_refused():
     load_config(f"{ROOT}/configs/demo.yaml", [PROMPTS])      # prompts without validate_every: fine, unused
 
 
-def _vae_run(path: Path):
-    cfg = load_config(f"{ROOT}/configs/demo-vae.yaml", [f"run.dir={path}", "vae.channels=8"])
-    save_config(cfg, path / "config.yaml")
-    save_weights(build_vae(cfg).state_dict(), path / "vae.safetensors")
-
-
 def test_latent_shards_decode_with_the_vae_that_made_them_or_fail_at_start(tmp_path):
     """On latent shards the trainer has no VAE: validation takes the one named by the shards'
     manifest (then vae.pretrained, vae.run); with none it says so before training starts."""
-    _vae_run(tmp_path / "vae")
+    random_vae_run(tmp_path / "vae")
     lat = tmp_path / "lat"
     lat.mkdir()
     manifest = {"format": "sora-latents-v1", "latent_channels": 4, "ft": 2, "fh": 4, "patch": [1, 2, 2],

@@ -14,17 +14,17 @@ from safetensors.torch import load_file
 diffusers = pytest.importorskip("diffusers")
 from diffusers import WanTransformer3DModel  # noqa: E402
 
-from sora.config import ConfigError, load_config, save_config  # noqa: E402
+from sora.config import ConfigError, load_config  # noqa: E402
 from sora.data.latent_shards import cached_text, latent_stream  # noqa: E402
 from sora.data.loader import PackedLoader  # noqa: E402
 from sora.data.shards import SkipStats  # noqa: E402
 from sora.data.synth import synthesize  # noqa: E402
 from sora.models import load_dit, wan  # noqa: E402
 from sora.preprocess import preprocess  # noqa: E402
-from sora.train.artifacts import build_vae, run_config, save_weights  # noqa: E402
+from sora.train.artifacts import run_config  # noqa: E402
 from sora.train.flops import DiTShape  # noqa: E402
 from sora.train.trainer import draw_noise  # noqa: E402
-from tests.cli_runs import ROOT, metrics, sora, sora_ranks  # noqa: E402
+from tests.cli_runs import ROOT, metrics, random_vae_run, sora, sora_ranks  # noqa: E402
 from tests.tiny_wan import TEXT_DIM as DIM, umt5  # noqa: E402
 
 WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=4,
@@ -46,9 +46,7 @@ def wan_world(tmp_path_factory):
     ref.save_pretrained(base / "wan")
     umt5(base / "umt5")
     synthesize(base / "raw", clips=8, heldout_clips=0, seed=4, shard_size=4)
-    vcfg = load_config(f"{ROOT}/configs/demo-vae.yaml", [f"run.dir={base / 'vae'}", "vae.channels=8"])
-    save_config(vcfg, base / "vae" / "config.yaml")
-    save_weights(build_vae(vcfg).state_dict(), base / "vae" / "vae.safetensors")
+    random_vae_run(base / "vae")
     cfg = load_config(f"{ROOT}/configs/demo.yaml", [f"data.path={base / 'raw'}", f"vae.run={base / 'vae'}",
                                                      "vae.channels=8", "data.fps=0", "text.encoder=t5",
                                                      f"text.path={base / 'umt5'}", "text.max_tokens=8"])
